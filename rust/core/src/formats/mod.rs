@@ -1,0 +1,3 @@
+//! Weight file formats.
+
+pub mod safetensors;
