@@ -261,8 +261,9 @@ impl Tensor {
                             "False".to_string()
                         }
                     }
+                    DType::F64 => format!("{:?}", read_element::<f64>(b)),
                     d if d.is_float() => with_element_type!(d, T, {
-                        format!("{:.6}", read_element::<T>(b).to_f64())
+                        format!("{:?}", read_element::<T>(b).to_f64() as f32)
                     }),
                     d => with_element_type!(d, T, { read_element::<T>(b).to_i64().to_string() }),
                 };

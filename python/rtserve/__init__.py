@@ -1,0 +1,48 @@
+"""rtserve: an open, vendor-neutral inference runtime.
+
+A Rust core (tensors, weight formats, kernels) with a thin Python layer::
+
+    import numpy as np
+    import rtserve as rt
+
+    t = rt.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))   # zero-copy
+    w = rt.load_safetensors("model.safetensors")                  # mmap-backed
+    np.asarray(w["embeddings.word_embeddings.weight"])            # zero-copy, read-only
+"""
+
+from __future__ import annotations
+
+from ._core import (
+    DTYPES,
+    CancelledError,
+    DeviceError,
+    DTypeError,
+    OutOfMemoryError,
+    RtserveError,
+    ShapeError,
+    Tensor,
+    UnsupportedError,
+    WeightsError,
+    __version__,
+    from_dlpack,
+    tensor,
+)
+from .weights import load_safetensors, save_safetensors
+
+__all__ = [
+    "DTYPES",
+    "CancelledError",
+    "DTypeError",
+    "DeviceError",
+    "OutOfMemoryError",
+    "RtserveError",
+    "ShapeError",
+    "Tensor",
+    "UnsupportedError",
+    "WeightsError",
+    "__version__",
+    "from_dlpack",
+    "load_safetensors",
+    "save_safetensors",
+    "tensor",
+]

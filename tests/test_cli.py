@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rtserve
+
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rtserve", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """Parse a safetensors header directly: the reference the CLI's totals are checked against."""
+    with open(path, "rb") as stream:
+        (length,) = struct.unpack("<Q", stream.read(8))
+        header = json.loads(stream.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """Write a zero-filled safetensors file with ``name -> (dtype, shape)`` tensors."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = math.prod(shape) * DTYPE_BYTES[dtype]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(offset))
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    try:
+        expected = importlib.metadata.version("rtserve")
+    except importlib.metadata.PackageNotFoundError:
+        expected = rtserve.__version__
+    assert result.stdout == f"rtserve {expected}\n"
+
+
+def test_no_command_prints_usage() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    assert "usage: rtserve" in result.stderr
+    assert "inspect" in result.stderr and "pull" in result.stderr
+
+
+def test_inspect_minilm_folder(minilm_dir: Path) -> None:
+    result = run_cli("inspect", str(minilm_dir))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    header = read_safetensors_header(minilm_dir / "model.safetensors")
+    parameters = sum(math.prod(info["shape"]) for info in header.values())
+    total_bytes = sum(info["data_offsets"][1] - info["data_offsets"][0] for info in header.values())
+
+    assert re.search(r"^model_type\s+bert$", out, re.M)
+    assert re.search(r"^architecture\s+BertModel$", out, re.M)
+    assert re.search(r"^weights\s+model\.safetensors$", out, re.M)
+    assert re.search(
+        r"^embeddings\.word_embeddings\.weight\s+f32\s+30522 x 384\s+44\.7 MiB\s+46,881,792$",
+        out,
+        re.M,
+    )
+    for name in header:
+        assert re.search(rf"^{re.escape(name)}\s", out, re.M), name
+    assert re.search(rf"^tensors\s+{len(header)}$", out, re.M)
+    assert re.search(rf"^total bytes\s+.*\({total_bytes:,} bytes\)$", out, re.M)
+    assert re.search(rf"^parameters\s+{parameters:,} \(22\.7M\)$", out, re.M)
+    assert re.search(r"^by dtype\s+f32\s", out, re.M)
+    assert re.search(r"^\s+i64\s+1 tensors\s+512 params", out, re.M)  # embeddings.position_ids
+    assert re.search(r"^load time\s+\d+\.\d\d ms$", out, re.M)
+
+
+def test_inspect_catalog_name_uses_the_cache(minilm_dir: Path, tmp_path: Path) -> None:
+    result = run_cli("inspect", "minilm", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].split() == ["model", str(minilm_dir)]
+    assert "downloading" not in result.stderr  # already pulled: no network
+
+
+def test_inspect_one_safetensors_file(tmp_path: Path) -> None:
+    weights = tmp_path / "tiny.safetensors"
+    write_safetensors(
+        weights, {"w": ("BF16", [3, 5]), "step": ("I64", []), "mask": ("BOOL", [7])}
+    )
+    result = run_cli("inspect", str(weights))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"^w\s+bf16\s+3 x 5\s+30 B\s+30$", out, re.M)
+    assert re.search(r"^step\s+i64\s+scalar\s+8 B\s+8$", out, re.M)
+    assert re.search(r"^mask\s+bool\s+7\s+7 B\s+7$", out, re.M)
+    assert re.search(r"^tensors\s+3$", out, re.M)
+    assert re.search(r"^parameters\s+23 \(23\)$", out, re.M)  # 15 + 1 (scalar) + 7
+    assert re.search(r"^total bytes\s+45 B \(45 bytes\)$", out, re.M)
+
+
+def test_inspect_sharded_folder_uses_the_index(tmp_path: Path) -> None:
+    write_safetensors(tmp_path / "model-00001-of-00002.safetensors", {"a.weight": ("F32", [4, 2])})
+    write_safetensors(tmp_path / "model-00002-of-00002.safetensors", {"b.weight": ("F16", [6])})
+    index = {
+        "metadata": {"total_size": 32 + 12},
+        "weight_map": {
+            "a.weight": "model-00001-of-00002.safetensors",
+            "b.weight": "model-00002-of-00002.safetensors",
+        },
+    }
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    model_config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    (tmp_path / "config.json").write_text(json.dumps(model_config))
+    result = run_cli("inspect", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"^weights\s+model\.safetensors\.index\.json$", out, re.M)
+    assert re.search(r"^model_type\s+llama$", out, re.M)
+    assert re.search(r"^a\.weight\s+f32\s+4 x 2\s", out, re.M)
+    assert re.search(r"^b\.weight\s+f16\s+6\s", out, re.M)
+    assert re.search(r"^tensors\s+2$", out, re.M)
+    assert re.search(r"^total bytes\s+44 B \(44 bytes\)$", out, re.M)
+
+
+def test_inspect_nonexistent_path_fails_cleanly(tmp_path: Path) -> None:
+    result = run_cli("inspect", str(tmp_path / "missing.safetensors"))
+    assert_clean_failure(result)
+    assert "neither an existing path nor a catalog model name" in result.stderr
+    assert "minilm" in result.stderr
+
+
+def test_inspect_folder_without_weights_fails_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    assert_clean_failure(run_cli("inspect", str(tmp_path)))
+
+
+def test_inspect_corrupt_file_fails_cleanly(tmp_path: Path) -> None:
+    weights = tmp_path / "corrupt.safetensors"
+    weights.write_bytes(b"\xff" * 64)
+    assert_clean_failure(run_cli("inspect", str(weights)))
+
+
+def test_pull_unknown_name_lists_the_catalog() -> None:
+    result = run_cli("pull", "no-such-model")
+    assert_clean_failure(result)
+    assert "unknown catalog model 'no-such-model'" in result.stderr
+    assert "minilm" in result.stderr
+
+
+def test_pull_prints_only_the_folder_on_stdout(minilm_dir: Path) -> None:
+    result = run_cli("pull", "minilm")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{minilm_dir}\n"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["pull", "--help"]])
+def test_main_is_importable_and_callable(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rtserve.cli import main
+
+    if argv == ["--version"]:
+        assert main(argv) == 0
+        assert capsys.readouterr().out.startswith("rtserve ")
+    else:
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+        assert "catalog model" in capsys.readouterr().out
