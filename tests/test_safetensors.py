@@ -245,8 +245,16 @@ def test_loaded_tensors_are_read_only(tmp_path):
 
 # --- tensors whose offsets are not aligned to their element size ---------------------------
 
-MISALIGNED_TENSORS = [("flag", "u8", (1,)), ("weight", "f32", (5,)), ("ids", "i64", (3,)), ("half", "f16", (3,)),
-                      ("brain", "bf16", (2,)), ("double", "f64", (2,)), ("index", "i32", (3,)), ("short", "i16", (1,))]  # fmt: skip
+MISALIGNED_TENSORS = [
+    ("flag", "u8", (1,)),
+    ("weight", "f32", (5,)),
+    ("ids", "i64", (3,)),
+    ("half", "f16", (3,)),
+    ("brain", "bf16", (2,)),
+    ("double", "f64", (2,)),
+    ("index", "i32", (3,)),
+    ("short", "i16", (1,)),
+]
 
 
 @pytest.mark.parametrize("padding", range(8))
@@ -254,7 +262,9 @@ def test_misaligned_tensors_load_correctly(tmp_path, padding):
     """After a 1-byte tensor every offset is odd; `padding` also shifts the data section itself."""
     rng = np.random.default_rng(padding)
     arrays = {name: random_array(rng, rt_dtype, shape) for name, rt_dtype, shape in MISALIGNED_TENSORS}
-    pairs, data = layout([(name, DTYPES[rt_dtype][0], shape, arrays[name].tobytes()) for name, rt_dtype, shape in MISALIGNED_TENSORS])
+    pairs, data = layout(
+        [(name, DTYPES[rt_dtype][0], shape, arrays[name].tobytes()) for name, rt_dtype, shape in MISALIGNED_TENSORS]
+    )
     path = tmp_path / "misaligned.safetensors"
     path.write_bytes(encode_file(pairs, data, padding=padding))
     safetensors.deserialize(path.read_bytes())  # valid for the reference
@@ -376,7 +386,11 @@ def test_index_shard_path_traversal(sharded, escape):
     outside = folder / "outside.safetensors"
     moved = next(iter(weight_map))
     reference.save_file({moved: arrays[moved]}, outside)
-    shard_name = {"parent": "../outside.safetensors", "nested_parent": "sub/../../outside.safetensors", "absolute": str(outside)}[escape]
+    shard_name = {
+        "parent": "../outside.safetensors",
+        "nested_parent": "sub/../../outside.safetensors",
+        "absolute": str(outside),
+    }[escape]
     weight_map = dict(weight_map, **{moved: shard_name})
     index = write_index(inside, weight_map)
     with pytest.raises(rt.WeightsError):

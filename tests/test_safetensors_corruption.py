@@ -443,6 +443,27 @@ def trailing_bytes():
     return encode_file(base_pairs(), base_data() + bytes(5))
 
 
+# Duplicate JSON keys below the top level: a last-wins parser would hide the first value.
+
+
+@corruption(tensors=(WEIGHT,))
+def tensor_entry_duplicate_dtype():
+    header = json_object(base_pairs()).replace('"dtype":"F32"', '"dtype":"F33","dtype":"F32"')
+    return encode_file(header, base_data())
+
+
+@corruption(tensors=(WEIGHT,))
+def tensor_entry_duplicate_shape():
+    header = json_object(base_pairs()).replace('"shape":[2,3]', '"shape":[-1],"shape":[2,3]')
+    return encode_file(header, base_data())
+
+
+@corruption()
+def metadata_duplicate_key_hiding_non_string():
+    header = json_object(base_pairs()).replace('"format":"pt"', '"format":0,"format":"pt"')
+    return encode_file(header, base_data())
+
+
 # Names and metadata.
 
 
@@ -543,9 +564,13 @@ FUZZ_PAIRS, FUZZ_DATA = layout(FUZZ_TENSORS, {"format": "pt", "note": "fuzz base
 FUZZ_HEADER = json_object(FUZZ_PAIRS)
 FUZZ_FILE = encode_file(FUZZ_HEADER, FUZZ_DATA)
 
-FUZZ_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ_SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
-INTERESTING_LENGTHS = [0, 1, 7, 8, 9, 2**31, 2**32, 2**32 + 8, 2**63, 2**64 - 1, REFERENCE_HEADER_CAP, REFERENCE_HEADER_CAP + 1]
+INTERESTING_LENGTHS = [
+    0, 1, 7, 8, 9, 2**31, 2**32, 2**32 + 8, 2**63, 2**64 - 1, REFERENCE_HEADER_CAP, REFERENCE_HEADER_CAP + 1,
+]  # fmt: skip
 
 # ("flip", position, bit) | ("overwrite", position, bytes) | ("truncate", length)
 # | ("insert", position, bytes) | ("header_length", value) | ("header_length_delta", delta)
@@ -630,7 +655,11 @@ def assert_agrees_with_reference(content: bytes, reply: dict) -> None:
     except Exception as error:
         raise AssertionError(f"rtserve loaded a file the reference rejects ({error}): {content!r}") from None
     expected = {
-        name: (SAFETENSORS_TO_RT.get(view["dtype"]), list(view["shape"]), hashlib.sha256(bytes(view["data"])).hexdigest())
+        name: (
+            SAFETENSORS_TO_RT.get(view["dtype"]),
+            list(view["shape"]),
+            hashlib.sha256(bytes(view["data"])).hexdigest(),
+        )
         for name, view in reference
     }
     loaded = {t["name"]: (t["dtype"], t["shape"], t["sha256"]) for t in reply["tensors"]}

@@ -145,7 +145,8 @@ unsafe extern "C" fn capsule_destructor_legacy(capsule: *mut ffi::PyObject) {
     // unchanged) still owns the tensor; a consumed one was renamed and is not ours.
     unsafe {
         if ffi::PyCapsule_IsValid(capsule, NAME_LEGACY.as_ptr()) == 1 {
-            let p = ffi::PyCapsule_GetPointer(capsule, NAME_LEGACY.as_ptr()).cast::<DLManagedTensor>();
+            let p =
+                ffi::PyCapsule_GetPointer(capsule, NAME_LEGACY.as_ptr()).cast::<DLManagedTensor>();
             if let Some(deleter) = (*p).deleter {
                 deleter(p);
             }
@@ -229,7 +230,11 @@ pub fn export<'py>(
         // did not move when the Box was created, so dl_tensor's pointers stay valid.
         unsafe {
             (*p).managed.manager_ctx = p.cast();
-            ffi::PyCapsule_New(p.cast(), NAME_VERSIONED.as_ptr(), Some(capsule_destructor_versioned))
+            ffi::PyCapsule_New(
+                p.cast(),
+                NAME_VERSIONED.as_ptr(),
+                Some(capsule_destructor_versioned),
+            )
         }
     } else {
         let ctx = Box::new(Export {
@@ -246,7 +251,11 @@ pub fn export<'py>(
         // SAFETY: as above.
         unsafe {
             (*p).managed.manager_ctx = p.cast();
-            ffi::PyCapsule_New(p.cast(), NAME_LEGACY.as_ptr(), Some(capsule_destructor_legacy))
+            ffi::PyCapsule_New(
+                p.cast(),
+                NAME_LEGACY.as_ptr(),
+                Some(capsule_destructor_legacy),
+            )
         }
     };
     // SAFETY: PyCapsule_New returns a new reference or NULL with an exception set
@@ -302,7 +311,8 @@ impl Drop for DlpackOwner {
 pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     let capsule = if obj.hasattr("__dlpack__")? {
         if obj.hasattr("__dlpack_device__")? {
-            let (device_type, device_id): (i32, i32) = obj.call_method0("__dlpack_device__")?.extract()?;
+            let (device_type, device_id): (i32, i32) =
+                obj.call_method0("__dlpack_device__")?.extract()?;
             if device_type != KDL_CPU {
                 return Err(device_error(format!(
                     "from_dlpack: the tensor lives on DLPack device type {device_type} (id {device_id}); only CPU memory (type 1) can be imported"
@@ -338,7 +348,8 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     // (legacy) or DLManagedTensorVersioned owned by this capsule until renamed.
     let (managed, dl, flags): (usize, &DLTensor, u64) = unsafe {
         if versioned {
-            let p = ffi::PyCapsule_GetPointer(raw, NAME_VERSIONED.as_ptr()).cast::<DLManagedTensorVersioned>();
+            let p = ffi::PyCapsule_GetPointer(raw, NAME_VERSIONED.as_ptr())
+                .cast::<DLManagedTensorVersioned>();
             if (*p).version.major != 1 {
                 return Err(PyBufferError::new_err(format!(
                     "from_dlpack: DLPack version {}.{} is not supported (1.x is)",
@@ -359,14 +370,21 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
         )));
     }
     if !(0..=MAX_NDIM).contains(&dl.ndim) {
-        return Err(PyValueError::new_err(format!("from_dlpack: invalid ndim {}", dl.ndim)));
+        return Err(PyValueError::new_err(format!(
+            "from_dlpack: invalid ndim {}",
+            dl.ndim
+        )));
     }
     let dtype = from_dl_dtype(dl.dtype)?;
     let ndim = dl.ndim as usize;
     // SAFETY: DLPack guarantees `shape` (and `strides` unless NULL) point to ndim
     // int64 values valid for the capsule's lifetime.
     let (shape_raw, strides_raw): (Vec<i64>, Option<Vec<i64>>) = unsafe {
-        let shape = if ndim == 0 { vec![] } else { std::slice::from_raw_parts(dl.shape, ndim).to_vec() };
+        let shape = if ndim == 0 {
+            vec![]
+        } else {
+            std::slice::from_raw_parts(dl.shape, ndim).to_vec()
+        };
         let strides = if dl.strides.is_null() || ndim == 0 {
             None
         } else {
@@ -375,7 +393,9 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
         (shape, strides)
     };
     if shape_raw.iter().any(|&d| d < 0) {
-        return Err(PyValueError::new_err(format!("from_dlpack: negative dimension in shape {shape_raw:?}")));
+        return Err(PyValueError::new_err(format!(
+            "from_dlpack: negative dimension in shape {shape_raw:?}"
+        )));
     }
     let shape: Vec<usize> = shape_raw.iter().map(|&d| d as usize).collect();
     let strides: Vec<isize> = match strides_raw {
@@ -405,16 +425,29 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
             // Misaligned producer memory: copy the extent into an aligned buffer.
             // SAFETY: the producer guarantees the addressed elements are readable.
             let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len) };
-            let storage = Arc::new(Storage::owned(core(rtserve_core::storage::AlignedBuffer::from_bytes(bytes))?));
+            let storage = Arc::new(Storage::owned(core(
+                rtserve_core::storage::AlignedBuffer::from_bytes(bytes),
+            )?));
             let layout = core(Layout::new(shape, strides, (-lo) as usize))?;
             let t = core(Tensor::from_parts(storage, dtype, layout))?;
             // The copy is ours; release the producer's memory via a normal owner drop.
             drop(consume(raw, versioned, managed, 0, 0, false));
             return Ok(t);
         }
-        let owner = consume(raw, versioned, managed, base as usize, len, flags & FLAG_READ_ONLY == 0);
+        let owner = consume(
+            raw,
+            versioned,
+            managed,
+            base as usize,
+            len,
+            flags & FLAG_READ_ONLY == 0,
+        );
         let layout = core(Layout::new(shape, strides, (-lo) as usize))?;
-        core(Tensor::from_parts(Arc::new(Storage::external(Box::new(owner))), dtype, layout))?
+        core(Tensor::from_parts(
+            Arc::new(Storage::external(Box::new(owner))),
+            dtype,
+            layout,
+        ))?
     };
     if empty {
         drop(consume(raw, versioned, managed, 0, 0, false));
@@ -423,8 +456,19 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
 }
 
 /// Marks the capsule consumed and returns the owner that will call its deleter.
-fn consume(raw: *mut ffi::PyObject, versioned: bool, managed: usize, ptr: usize, len: usize, writable: bool) -> DlpackOwner {
-    let used = if versioned { NAME_USED_VERSIONED } else { NAME_USED_LEGACY };
+fn consume(
+    raw: *mut ffi::PyObject,
+    versioned: bool,
+    managed: usize,
+    ptr: usize,
+    len: usize,
+    writable: bool,
+) -> DlpackOwner {
+    let used = if versioned {
+        NAME_USED_VERSIONED
+    } else {
+        NAME_USED_LEGACY
+    };
     // SAFETY: `raw` is a valid capsule (checked by the caller); renaming transfers
     // ownership of the managed tensor to us, as the DLPack protocol specifies.
     unsafe { ffi::PyCapsule_SetName(raw, used.as_ptr()) };

@@ -58,13 +58,41 @@ pub fn classes(py: Python<'_>) -> PyResult<&Classes> {
             make_class(py, name, &[b.clone(), builtin], doc)
         };
         Ok(Classes {
-            shape: sub("ShapeError", py.get_type::<PyValueError>(), "Shapes that do not fit an operation.")?,
-            dtype: sub("DTypeError", py.get_type::<PyTypeError>(), "A dtype an operation cannot take.")?,
-            weights: sub("WeightsError", py.get_type::<PyValueError>(), "A malformed or inconsistent weights file.")?,
-            device: sub("DeviceError", py.get_type::<PyRuntimeError>(), "A device could not do what was asked.")?,
-            out_of_memory: sub("OutOfMemoryError", py.get_type::<PyMemoryError>(), "An allocation failed.")?,
-            unsupported: sub("UnsupportedError", py.get_type::<PyNotImplementedError>(), "A valid request this version does not implement.")?,
-            cancelled: sub("CancelledError", py.get_type::<PyRuntimeError>(), "A run was cancelled or passed its deadline.")?,
+            shape: sub(
+                "ShapeError",
+                py.get_type::<PyValueError>(),
+                "Shapes that do not fit an operation.",
+            )?,
+            dtype: sub(
+                "DTypeError",
+                py.get_type::<PyTypeError>(),
+                "A dtype an operation cannot take.",
+            )?,
+            weights: sub(
+                "WeightsError",
+                py.get_type::<PyValueError>(),
+                "A malformed or inconsistent weights file.",
+            )?,
+            device: sub(
+                "DeviceError",
+                py.get_type::<PyRuntimeError>(),
+                "A device could not do what was asked.",
+            )?,
+            out_of_memory: sub(
+                "OutOfMemoryError",
+                py.get_type::<PyMemoryError>(),
+                "An allocation failed.",
+            )?,
+            unsupported: sub(
+                "UnsupportedError",
+                py.get_type::<PyNotImplementedError>(),
+                "A valid request this version does not implement.",
+            )?,
+            cancelled: sub(
+                "CancelledError",
+                py.get_type::<PyRuntimeError>(),
+                "A run was cancelled or passed its deadline.",
+            )?,
             base,
         })
     })

@@ -18,7 +18,11 @@ use py_tensor::{parse_dtype, PyTensor};
 /// Makes a Tensor from a numpy array (zero-copy when aligned), list, scalar or Tensor.
 #[pyfunction]
 #[pyo3(signature = (obj, dtype=None))]
-fn tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, dtype: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
+fn tensor(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    dtype: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
     guard(|| {
         let dtype = dtype.map(parse_dtype).transpose()?;
         if let Ok(t) = obj.cast::<PyTensor>() {
@@ -82,8 +86,10 @@ fn save_safetensors_file(
     path: PathBuf,
     metadata: Option<BTreeMap<String, String>>,
 ) -> PyResult<()> {
-    let tensors: Vec<(String, rtserve_core::Tensor)> =
-        tensors.into_iter().map(|(n, t)| (n, t.inner.clone())).collect();
+    let tensors: Vec<(String, rtserve_core::Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.inner.clone()))
+        .collect();
     detached(py, move || {
         rtserve_core::formats::safetensors::save(&path, &tensors, metadata.as_ref())
     })
@@ -93,7 +99,9 @@ fn save_safetensors_file(
 #[pyfunction]
 fn _debug_panic(py: Python<'_>, detach: bool) -> PyResult<()> {
     if detach {
-        detached(py, || -> rtserve_core::Result<()> { panic!("deliberate panic (detached)") })
+        detached(py, || -> rtserve_core::Result<()> {
+            panic!("deliberate panic (detached)")
+        })
     } else {
         guard(|| -> PyResult<()> { panic!("deliberate panic") })
     }

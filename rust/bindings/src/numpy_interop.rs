@@ -11,7 +11,7 @@ use std::sync::Arc;
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{IntoPyDict, PyDict, PyTuple};
 use rtserve_core::{DType, ExternalBuffer, Layout, Storage, Tensor};
 
 use crate::errors::{core, dtype_error};
@@ -61,13 +61,26 @@ fn dtype_of(kind: u8, itemsize: usize, name: &str) -> PyResult<DType> {
 }
 
 /// Wraps a numpy array (zero-copy when aligned), reading its bits as `as_bits` when given.
-pub fn from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, as_bits: Option<DType>) -> PyResult<Tensor> {
+pub fn from_numpy(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    as_bits: Option<DType>,
+) -> PyResult<Tensor> {
+    wrap(py, obj, as_bits, false)
+}
+
+fn wrap(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    as_bits: Option<DType>,
+    copied: bool,
+) -> PyResult<Tensor> {
     let arr = obj.cast::<PyUntypedArray>()?;
     let descr = arr.dtype();
     if descr.is_native_byteorder() == Some(false) {
         let native = descr.call_method1("newbyteorder", ("=",))?;
         let copy = arr.call_method1("astype", (native,))?;
-        return from_numpy(py, &copy, as_bits);
+        return wrap(py, &copy, as_bits, copied);
     }
     let name: String = descr.getattr("name")?.extract()?;
     let itemsize = descr.itemsize();
@@ -81,7 +94,10 @@ pub fn from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, as_bits: Option<DType>
         None => dtype_of(descr.kind(), itemsize, &name)?,
     };
     if itemsize != dtype.size() {
-        return Err(dtype_error(format!("tensor: numpy {name} has item size {itemsize}, {dtype} needs {}", dtype.size())));
+        return Err(dtype_error(format!(
+            "tensor: numpy {name} has item size {itemsize}, {dtype} needs {}",
+            dtype.size()
+        )));
     }
     let shape = arr.shape().to_vec();
     let byte_strides = arr.strides().to_vec();
@@ -100,9 +116,15 @@ pub fn from_numpy(py: Python<'_>, obj: &Bound<'_, PyAny>, as_bits: Option<DType>
             .zip(&byte_strides)
             .all(|(&d, &s)| d == 1 || s % itemsize as isize == 0);
     if !zero_copy {
-        let numpy = py.import("numpy")?;
-        let copy = numpy.call_method1("ascontiguousarray", (arr,))?;
-        return from_numpy(py, &copy, as_bits);
+        if copied {
+            return Err(crate::errors::to_py(rtserve_core::Error::Internal(
+                "numpy copy is still misaligned".into(),
+            )));
+        }
+        // A fresh C-order copy is aligned (ascontiguousarray would return a
+        // contiguous-but-misaligned array unchanged).
+        let copy = arr.call_method("copy", (), Some(&[("order", "C")].into_py_dict(py)?))?;
+        return wrap(py, &copy, as_bits, true);
     }
     // Extent of the addressed bytes, which may start before `data` with negative strides.
     let (mut lo, mut hi) = (0isize, 0isize);

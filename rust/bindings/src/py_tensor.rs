@@ -92,7 +92,9 @@ fn shape_arg(args: &Bound<'_, PyTuple>) -> PyResult<Vec<isize>> {
 fn to_usize(op: &str, v: Vec<isize>) -> PyResult<Vec<usize>> {
     v.iter()
         .map(|&d| {
-            usize::try_from(d).map_err(|_| PyValueError::new_err(format!("{op}: negative dimension {d} in {v:?}")))
+            usize::try_from(d).map_err(|_| {
+                PyValueError::new_err(format!("{op}: negative dimension {d} in {v:?}"))
+            })
         })
         .collect()
 }
@@ -215,7 +217,10 @@ impl PyTensor {
 
     fn __getitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
         let items = if let Ok(tuple) = key.cast::<PyTuple>() {
-            tuple.iter().map(|i| index_item(&i)).collect::<PyResult<Vec<_>>>()?
+            tuple
+                .iter()
+                .map(|i| index_item(&i))
+                .collect::<PyResult<Vec<_>>>()?
         } else {
             vec![index_item(key)?]
         };
@@ -260,7 +265,9 @@ impl PyTensor {
     ) -> PyResult<Bound<'py, PyAny>> {
         if let Some(s) = stream {
             if !s.is_none() && s.extract::<i64>().map(|v| v != -1).unwrap_or(true) {
-                return Err(PyValueError::new_err("__dlpack__: stream must be None for CPU tensors"));
+                return Err(PyValueError::new_err(
+                    "__dlpack__: stream must be None for CPU tensors",
+                ));
             }
         }
         if let Some((device_type, _)) = dl_device {

@@ -200,7 +200,7 @@ mod tests {
         assert_eq!(convert::<f32, Bool8>(f32::NAN), Bool8(1));
         assert_eq!(convert::<Bool8, f32>(Bool8(7)), 1.0);
         assert_eq!(convert::<i64, f32>(16_777_217), 16_777_216.0);
-        assert_eq!(convert::<f32, bf16>(1.00390625).to_f32(), 1.0);
+        assert_eq!(convert::<f32, bf16>(1.003_906_2).to_f32(), 1.0); // 1 + 2^-8 ties to even
         assert_eq!(convert::<f64, f16>(65520.0).to_f64(), f64::INFINITY);
     }
 }

@@ -125,10 +125,17 @@ impl Layout {
     pub fn permute(&self, dims: &[usize]) -> Result<Layout> {
         let n = self.ndim();
         let mut seen = vec![false; n];
-        if dims.len() != n || dims.iter().any(|&d| d >= n || std::mem::replace(&mut seen[d], true)) {
+        if dims.len() != n
+            || dims
+                .iter()
+                .any(|&d| d >= n || std::mem::replace(&mut seen[d], true))
+        {
             return Err(Error::shape(
                 "permute",
-                format!("{dims:?} is not a permutation of the {n} dimensions of {:?}", self.shape),
+                format!(
+                    "{dims:?} is not a permutation of the {n} dimensions of {:?}",
+                    self.shape
+                ),
             ));
         }
         Ok(Layout {
@@ -251,9 +258,15 @@ impl Layout {
             .iter()
             .filter(|i| matches!(i, IndexItem::Index(_) | IndexItem::Slice { .. }))
             .count();
-        let ellipses = items.iter().filter(|i| matches!(i, IndexItem::Ellipsis)).count();
+        let ellipses = items
+            .iter()
+            .filter(|i| matches!(i, IndexItem::Ellipsis))
+            .count();
         if ellipses > 1 {
-            return Err(Error::index("index", "an index can only have a single ellipsis ('...')"));
+            return Err(Error::index(
+                "index",
+                "an index can only have a single ellipsis ('...')",
+            ));
         }
         if consuming > self.ndim() {
             return Err(Error::index(
@@ -316,7 +329,9 @@ impl Layout {
         shape.extend_from_slice(&self.shape[dim..]);
         strides.extend_from_slice(&self.strides[dim..]);
         if offset < 0 {
-            return Err(Error::Internal(format!("index produced negative offset {offset}")));
+            return Err(Error::Internal(format!(
+                "index produced negative offset {offset}"
+            )));
         }
         Ok(Layout {
             shape,
@@ -390,7 +405,9 @@ mod tests {
         assert_eq!(v.offset(), 3 * 30 + 4 * 6);
         v.check_bounds(120).unwrap();
         assert!(l.index(&[IndexItem::Index(4)]).is_err());
-        let e = l.index(&[IndexItem::Ellipsis, IndexItem::Index(0)]).unwrap();
+        let e = l
+            .index(&[IndexItem::Ellipsis, IndexItem::Index(0)])
+            .unwrap();
         assert_eq!(e.shape(), &[4, 5]);
     }
 

@@ -29,10 +29,16 @@ pub fn infer_reshape(op: &str, from: &[usize], to: &[isize]) -> Result<Vec<usize
     for (i, &d) in to.iter().enumerate() {
         if d == -1 {
             if inferred.replace(i).is_some() {
-                return Err(Error::shape(op, format!("only one dimension may be -1, got {to:?}")));
+                return Err(Error::shape(
+                    op,
+                    format!("only one dimension may be -1, got {to:?}"),
+                ));
             }
         } else if d < 0 {
-            return Err(Error::shape(op, format!("negative dimension {d} in {to:?}")));
+            return Err(Error::shape(
+                op,
+                format!("negative dimension {d} in {to:?}"),
+            ));
         } else {
             known = known
                 .checked_mul(d as usize)
@@ -76,6 +82,9 @@ mod tests {
         assert!(infer_reshape("r", &[2, 6], &[5, -1]).is_err());
         assert!(infer_reshape("r", &[2, 6], &[-1, -1]).is_err());
         assert!(infer_reshape("r", &[2, 6], &[7]).is_err());
-        assert_eq!(infer_reshape("r", &[0, 6], &[0, 3, 2]).unwrap(), vec![0, 3, 2]);
+        assert_eq!(
+            infer_reshape("r", &[0, 6], &[0, 3, 2]).unwrap(),
+            vec![0, 3, 2]
+        );
     }
 }

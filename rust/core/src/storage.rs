@@ -113,12 +113,24 @@ enum Kind {
 /// The bytes behind one or more tensors.
 pub struct Storage {
     kind: Kind,
+    /// Cleared for copies of read-only data (e.g. misaligned weights copied out
+    /// of a mapped file) so they stay read-only like their source.
+    writable: bool,
 }
 
 impl Storage {
     pub fn owned(buffer: AlignedBuffer) -> Storage {
         Storage {
             kind: Kind::Owned(buffer),
+            writable: true,
+        }
+    }
+
+    /// An owned buffer that views must not write through.
+    pub fn owned_read_only(buffer: AlignedBuffer) -> Storage {
+        Storage {
+            kind: Kind::Owned(buffer),
+            writable: false,
         }
     }
 
@@ -127,6 +139,7 @@ impl Storage {
         match start.checked_add(len) {
             Some(end) if end <= map.len() => Ok(Storage {
                 kind: Kind::Mmap { map, start, len },
+                writable: false,
             }),
             _ => Err(Error::Internal(format!(
                 "mmap window {start}+{len} outside a map of {} bytes",
@@ -136,8 +149,10 @@ impl Storage {
     }
 
     pub fn external(buffer: Box<dyn ExternalBuffer>) -> Storage {
+        let writable = buffer.is_writable();
         Storage {
             kind: Kind::External(buffer),
+            writable,
         }
     }
 
@@ -180,13 +195,9 @@ impl Storage {
         }
     }
 
-    /// False for memory-mapped files and read-only external memory.
+    /// False for memory-mapped files, their copies, and read-only external memory.
     pub fn is_writable(&self) -> bool {
-        match &self.kind {
-            Kind::Owned(_) => true,
-            Kind::Mmap { .. } => false,
-            Kind::External(e) => e.is_writable(),
-        }
+        self.writable
     }
 
     /// `owned`, `mmap` or `external`.

@@ -135,7 +135,10 @@ impl Tensor {
         if a >= n || b >= n {
             return Err(Error::shape(
                 "transpose",
-                format!("dimensions ({a}, {b}) out of range for shape {:?}", self.shape()),
+                format!(
+                    "dimensions ({a}, {b}) out of range for shape {:?}",
+                    self.shape()
+                ),
             ));
         }
         let mut dims: Vec<usize> = (0..n).collect();

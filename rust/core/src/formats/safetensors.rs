@@ -51,6 +51,67 @@ pub struct Loaded {
 /// JSON object entries in file order, keeping duplicates so they can be refused.
 struct Entries(Vec<(String, serde_json::Value)>);
 
+/// A JSON value whose objects (at any depth) must not repeat a key: with
+/// last-wins parsing, an invalid first value could hide behind a valid one.
+struct StrictValue(serde_json::Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrictValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> std::result::Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<StrictValue, E> {
+                Ok(StrictValue(serde_json::Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<StrictValue, A::Error> {
+                let mut out = Vec::new();
+                while let Some(StrictValue(v)) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(StrictValue(out.into()))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<StrictValue, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, StrictValue(v))) = map.next_entry::<String, StrictValue>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key '{k}'")));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(StrictValue(out.into()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for Entries {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         struct V;
@@ -59,10 +120,16 @@ impl<'de> Deserialize<'de> for Entries {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Entries, A::Error> {
                 let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
-                    out.push(entry);
+                while let Some(k) = map.next_key::<String>()? {
+                    let StrictValue(v) = map.next_value().map_err(|e: A::Error| {
+                        serde::de::Error::custom(format!("entry '{k}': {e}"))
+                    })?;
+                    out.push((k, v));
                 }
                 Ok(Entries(out))
             }
@@ -99,14 +166,15 @@ pub fn parse_header(file: &Path, prefix: &[u8], file_len: u64) -> Result<Header>
         ));
     }
     if header_len == 0 {
-        return Err(err(None, "header length is 0; a header is at least '{}'".into()));
+        return Err(err(
+            None,
+            "header length is 0; a header is at least '{}'".into(),
+        ));
     }
     if 8 + header_len > file_len {
         return Err(err(
             None,
-            format!(
-                "header length {header_len} runs past the end of the file ({file_len} bytes)"
-            ),
+            format!("header length {header_len} runs past the end of the file ({file_len} bytes)"),
         ));
     }
     let data_start = 8 + header_len as usize;
@@ -121,15 +189,24 @@ pub fn parse_header(file: &Path, prefix: &[u8], file_len: u64) -> Result<Header>
     let mut tensors = Vec::new();
     for (name, value) in entries.0 {
         if !seen.insert(name.clone()) {
-            return Err(err(Some(&name), "name appears more than once in the header".into()));
+            return Err(err(
+                Some(&name),
+                "name appears more than once in the header".into(),
+            ));
         }
         if name == "__metadata__" {
+            if value.is_null() {
+                continue; // the reference implementation accepts an explicit null
+            }
             let map = value
                 .as_object()
                 .ok_or_else(|| err(None, "__metadata__ must be an object of strings".into()))?;
             for (k, v) in map {
                 let s = v.as_str().ok_or_else(|| {
-                    err(None, format!("__metadata__ value for '{k}' is not a string: {v}"))
+                    err(
+                        None,
+                        format!("__metadata__ value for '{k}' is not a string: {v}"),
+                    )
                 })?;
                 metadata.insert(k.clone(), s.to_owned());
             }
@@ -149,7 +226,10 @@ pub fn parse_header(file: &Path, prefix: &[u8], file_len: u64) -> Result<Header>
         })?;
         let (begin, end) = raw.data_offsets;
         if begin > end {
-            return Err(err(Some(&name), format!("data_offsets [{begin}, {end}] are reversed")));
+            return Err(err(
+                Some(&name),
+                format!("data_offsets [{begin}, {end}] are reversed"),
+            ));
         }
         let expected = raw
             .shape
@@ -183,13 +263,20 @@ pub fn parse_header(file: &Path, prefix: &[u8], file_len: u64) -> Result<Header>
         if t.begin < cursor {
             return Err(err(
                 Some(&t.name),
-                format!("data [{}, {}) overlaps the previous tensor (which ends at {cursor})", t.begin, t.end),
+                format!(
+                    "data [{}, {}) overlaps the previous tensor (which ends at {cursor})",
+                    t.begin, t.end
+                ),
             ));
         }
         if t.begin > cursor {
             return Err(err(
                 Some(&t.name),
-                format!("gap of {} bytes before this tensor's data at {}", t.begin - cursor, t.begin),
+                format!(
+                    "gap of {} bytes before this tensor's data at {}",
+                    t.begin - cursor,
+                    t.begin
+                ),
             ));
         }
         if t.end > data_len {
@@ -231,7 +318,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let map = Arc::new(map);
     if map.len() as u64 != file_len {
-        return Err(Error::weights(path, None, "file changed size while being mapped"));
+        return Err(Error::weights(
+            path,
+            None,
+            "file changed size while being mapped",
+        ));
     }
     let header = parse_header(path, &map[..], file_len)?;
     let mut tensors = Vec::with_capacity(header.tensors.len());
@@ -242,7 +333,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
         let storage = if aligned {
             Storage::mmap(map.clone(), start, len)?
         } else {
-            Storage::owned(AlignedBuffer::from_bytes(&map[start..start + len])?)
+            Storage::owned_read_only(AlignedBuffer::from_bytes(&map[start..start + len])?)
         };
         let tensor = Tensor::from_storage(Arc::new(storage), info.dtype, &info.shape)
             .map_err(|e| Error::weights(path, Some(&info.name), e.to_string()))?;
@@ -266,13 +357,22 @@ pub fn save(
     let mut names = HashSet::new();
     for (name, _) in &order {
         if name == "__metadata__" {
-            return Err(Error::weights(path, Some(name), "'__metadata__' is reserved and cannot name a tensor"));
+            return Err(Error::weights(
+                path,
+                Some(name),
+                "'__metadata__' is reserved and cannot name a tensor",
+            ));
         }
         if !names.insert(name.as_str()) {
             return Err(Error::weights(path, Some(name), "tensor name given twice"));
         }
     }
-    order.sort_by(|a, b| b.1.dtype().size().cmp(&a.1.dtype().size()).then_with(|| a.0.cmp(&b.0)));
+    order.sort_by(|a, b| {
+        b.1.dtype()
+            .size()
+            .cmp(&a.1.dtype().size())
+            .then_with(|| a.0.cmp(&b.0))
+    });
 
     let mut header = serde_json::Map::new();
     if let Some(meta) = metadata {
@@ -363,14 +463,62 @@ mod tests {
             }),
             ("bad json", file_bytes("{\"a\":", &[])),
             ("not object", file_bytes("[1,2]", &[])),
-            ("unknown dtype", file_bytes(r#"{"a":{"dtype":"X9","shape":[1],"data_offsets":[0,1]}}"#, &[0])),
-            ("size mismatch", file_bytes(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, &[0; 4])),
-            ("past eof", file_bytes(r#"{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}"#, &[0; 4])),
-            ("overlap", file_bytes(r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#, &[0; 3])),
-            ("gap", file_bytes(r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#, &[0; 2])),
-            ("duplicate", file_bytes(r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#, &[0; 1])),
-            ("negative dim", file_bytes(r#"{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#, &[0; 1])),
-            ("overflowing shape", file_bytes(r#"{"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#, &[])),
+            (
+                "unknown dtype",
+                file_bytes(
+                    r#"{"a":{"dtype":"X9","shape":[1],"data_offsets":[0,1]}}"#,
+                    &[0],
+                ),
+            ),
+            (
+                "size mismatch",
+                file_bytes(
+                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                    &[0; 4],
+                ),
+            ),
+            (
+                "past eof",
+                file_bytes(
+                    r#"{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}"#,
+                    &[0; 4],
+                ),
+            ),
+            (
+                "overlap",
+                file_bytes(
+                    r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#,
+                    &[0; 3],
+                ),
+            ),
+            (
+                "gap",
+                file_bytes(
+                    r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#,
+                    &[0; 2],
+                ),
+            ),
+            (
+                "duplicate",
+                file_bytes(
+                    r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                    &[0; 1],
+                ),
+            ),
+            (
+                "negative dim",
+                file_bytes(
+                    r#"{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#,
+                    &[0; 1],
+                ),
+            ),
+            (
+                "overflowing shape",
+                file_bytes(
+                    r#"{"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#,
+                    &[],
+                ),
+            ),
         ];
         for (what, bytes) in cases {
             match parse(&bytes) {
@@ -388,11 +536,19 @@ mod tests {
         let b = Tensor::from_slice(&[7u8], &[1, 1]).unwrap();
         let c = Tensor::from_slice(&[1i64, 2, 3, 4], &[2, 2]).unwrap().t();
         let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        save(&path, &[("b".into(), b), ("a".into(), a), ("c".into(), c)], Some(&meta)).unwrap();
+        save(
+            &path,
+            &[("b".into(), b), ("a".into(), a), ("c".into(), c)],
+            Some(&meta),
+        )
+        .unwrap();
         let loaded = load(&path).unwrap();
         let names: Vec<&str> = loaded.tensors.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["c", "a", "b"]);
-        assert_eq!(loaded.tensors[0].1.elements::<i64>().unwrap(), vec![1, 3, 2, 4]);
+        assert_eq!(
+            loaded.tensors[0].1.elements::<i64>().unwrap(),
+            vec![1, 3, 2, 4]
+        );
         assert_eq!(loaded.tensors[1].1.storage().kind_name(), "mmap");
         assert_eq!(loaded.metadata, meta);
     }
