@@ -24,9 +24,17 @@ from ._core import (
     UnsupportedError,
     WeightsError,
     __version__,
+    available_isas,
+    cpu_features,
     from_dlpack,
+    isa,
+    num_threads,
+    set_isa,
+    set_num_threads,
     tensor,
 )
+from . import ops
+from .ops import *  # noqa: F403  (the eager ops; ops.__all__ lists them)
 from .weights import load_safetensors, save_safetensors
 
 __all__ = [
@@ -41,8 +49,15 @@ __all__ = [
     "UnsupportedError",
     "WeightsError",
     "__version__",
+    "available_isas",
+    "cpu_features",
     "from_dlpack",
+    "isa",
     "load_safetensors",
+    "num_threads",
     "save_safetensors",
+    "set_isa",
+    "set_num_threads",
     "tensor",
+    *ops.__all__,
 ]

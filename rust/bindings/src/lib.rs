@@ -10,6 +10,10 @@ use pyo3::prelude::*;
 mod dlpack;
 mod errors;
 mod numpy_interop;
+mod py_attention;
+mod py_matmul;
+mod py_ops;
+mod py_runtime;
 mod py_tensor;
 
 use errors::{detached, guard};
@@ -18,35 +22,12 @@ use py_tensor::{parse_dtype, PyTensor};
 /// Makes a Tensor from a numpy array (zero-copy when aligned), list, scalar or Tensor.
 #[pyfunction]
 #[pyo3(signature = (obj, dtype=None))]
-fn tensor(
-    py: Python<'_>,
-    obj: &Bound<'_, PyAny>,
-    dtype: Option<&Bound<'_, PyAny>>,
-) -> PyResult<PyTensor> {
+fn tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, dtype: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
     guard(|| {
         let dtype = dtype.map(parse_dtype).transpose()?;
-        if let Ok(t) = obj.cast::<PyTensor>() {
-            let inner = t.get().inner.clone();
-            return match dtype {
-                Some(d) if d != inner.dtype() => Ok(PyTensor::new(errors::core(inner.cast(d))?)),
-                _ => Ok(PyTensor::new(inner)),
-            };
-        }
-        let numpy = py.import("numpy")?;
-        let arr = if obj.is_instance(&numpy.getattr("ndarray")?)? {
-            obj.clone()
-        } else {
-            numpy.call_method1("asarray", (obj,))?
-        };
-        let np_dtype_name: String = arr.getattr("dtype")?.getattr("name")?.extract()?;
-        // Raw uint16 bits read as bf16 when asked for bf16 (bf16 without ml_dtypes).
-        let bits = matches!(dtype, Some(rtserve_core::DType::BF16)) && np_dtype_name == "uint16";
-        let t = numpy_interop::from_numpy(py, &arr, bits.then_some(rtserve_core::DType::BF16))?;
+        let t = py_tensor::to_tensor(py, obj, dtype == Some(rtserve_core::DType::BF16))?;
         match dtype {
-            Some(d) if d != t.dtype() => {
-                let t2 = t.clone();
-                detached(py, move || t2.cast(d)).map(PyTensor::new)
-            }
+            Some(d) if d != t.dtype() => detached(py, move || t.cast(d)).map(PyTensor::new),
             _ => Ok(PyTensor::new(t)),
         }
     })
@@ -116,6 +97,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_safetensors_file, m)?)?;
     m.add_function(wrap_pyfunction!(save_safetensors_file, m)?)?;
     m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
+    py_runtime::register(m)?;
+    py_matmul::register(m)?;
+    py_ops::register(m)?;
+    py_attention::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "DTYPES",

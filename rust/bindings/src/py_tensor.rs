@@ -21,6 +21,23 @@ impl PyTensor {
     }
 }
 
+/// The core tensor behind any tensor-like argument: an `rt.Tensor` (shared, no
+/// copy), a numpy array (zero-copy when aligned), or anything `numpy.asarray`
+/// takes (copied). With `bf16_bits`, a uint16 array is read as bf16 bits.
+pub fn to_tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, bf16_bits: bool) -> PyResult<Tensor> {
+    if let Ok(t) = obj.cast::<PyTensor>() {
+        return Ok(t.get().inner.clone());
+    }
+    let numpy = py.import("numpy")?;
+    let arr = if obj.is_instance(&numpy.getattr("ndarray")?)? {
+        obj.clone()
+    } else {
+        numpy.call_method1("asarray", (obj,))?
+    };
+    let is_u16 = arr.getattr("dtype")?.getattr("name")?.extract::<String>()? == "uint16";
+    numpy_interop::from_numpy(py, &arr, (bf16_bits && is_u16).then_some(DType::BF16))
+}
+
 /// A dtype from a string (`"f32"`, `"float32"`) or anything `numpy.dtype` accepts.
 pub fn parse_dtype(obj: &Bound<'_, PyAny>) -> PyResult<DType> {
     if let Ok(s) = obj.cast::<PyString>() {

@@ -1,0 +1,58 @@
+//! Runtime settings: the kernels' ISA tier and thread count.
+
+use pyo3::prelude::*;
+use rtserve_core::kernels::{self, dispatch, Isa};
+
+use crate::errors::core;
+
+/// The ISA tier kernels use now: "generic", "avx2" or "avx512".
+#[pyfunction]
+fn isa() -> &'static str {
+    kernels::isa().name()
+}
+
+/// Switches the ISA tier (tests and benchmarks); raises UnsupportedError if the CPU lacks it.
+#[pyfunction]
+fn set_isa(name: &str) -> PyResult<()> {
+    core(Isa::from_name(name).and_then(kernels::set_isa))
+}
+
+/// ISA tiers this CPU can run, slowest first.
+#[pyfunction]
+fn available_isas() -> Vec<&'static str> {
+    dispatch::available().iter().map(|i| i.name()).collect()
+}
+
+/// CPU features the kernels use, as a dict of name -> bool.
+#[pyfunction]
+fn cpu_features() -> Vec<(&'static str, bool)> {
+    let c = dispatch::cpu();
+    vec![
+        ("avx2_fma", c.avx2_fma),
+        ("avx512", c.avx512),
+        ("avx512_bf16", c.avx512_bf16),
+        ("f16c", c.f16c),
+    ]
+}
+
+/// Threads the kernels use.
+#[pyfunction]
+fn num_threads() -> usize {
+    kernels::num_threads()
+}
+
+/// Sets the kernels' thread count (replaces the pool).
+#[pyfunction]
+fn set_num_threads(threads: usize) -> PyResult<()> {
+    core(kernels::set_num_threads(threads))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(isa, m)?)?;
+    m.add_function(wrap_pyfunction!(set_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(available_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    Ok(())
+}

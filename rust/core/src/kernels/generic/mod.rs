@@ -1,0 +1,1 @@
+//! Scalar reference implementations of every kernel.
