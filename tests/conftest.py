@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The `isa` fixture below sets process state that stays fixed for all examples of a
+# test, so function-scoped fixtures are safe to combine with @given here.
+settings.register_profile("rtserve", suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile("rtserve")
 
 import rtserve.catalog
 

@@ -53,6 +53,28 @@ class Tensor:
     def numpy(self) -> np.ndarray: ...
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray: ...
     def tolist(self) -> Any: ...
+    # Arithmetic (rt.add etc. with broadcasting; a Python scalar takes the tensor's dtype).
+    def __add__(self, other: ArrayLike) -> Tensor: ...
+    def __radd__(self, other: ArrayLike) -> Tensor: ...
+    def __sub__(self, other: ArrayLike) -> Tensor: ...
+    def __rsub__(self, other: ArrayLike) -> Tensor: ...
+    def __mul__(self, other: ArrayLike) -> Tensor: ...
+    def __rmul__(self, other: ArrayLike) -> Tensor: ...
+    def __truediv__(self, other: ArrayLike) -> Tensor: ...
+    def __rtruediv__(self, other: ArrayLike) -> Tensor: ...
+    def __pow__(self, other: ArrayLike) -> Tensor: ...
+    def __rpow__(self, other: ArrayLike) -> Tensor: ...
+    def __neg__(self) -> Tensor: ...
+    def __abs__(self) -> Tensor: ...
+    def sum(self, axis: int | None = None, keepdims: bool = False) -> Tensor: ...
+    def mean(self, axis: int | None = None, keepdims: bool = False) -> Tensor: ...
+    def max(self, axis: int | None = None, keepdims: bool = False) -> Tensor: ...
+    def min(self, axis: int | None = None, keepdims: bool = False) -> Tensor: ...
+    def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor: ...
+    def softmax(self, axis: int = -1) -> Tensor: ...
+    def exp(self) -> Tensor: ...
+    def log(self) -> Tensor: ...
+    def sqrt(self) -> Tensor: ...
     def __dlpack__(
         self,
         *,
@@ -78,3 +100,110 @@ def available_isas() -> list[str]: ...
 def cpu_features() -> list[tuple[str, bool]]: ...
 def num_threads() -> int: ...
 def set_num_threads(threads: int) -> None: ...
+def peak_gflops(kind: str = "f32", isa: str | None = None) -> float:
+    """Measured peak GFLOP/s at the current thread count ("f32" FMA or "bf16" dot)."""
+
+# --- ops ---------------------------------------------------------------------
+# Eager ops. Arguments: an rt.Tensor or anything rt.tensor accepts (ArrayLike).
+ArrayLike = Tensor | np.ndarray | float | int | Sequence[Any]
+
+def add(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """a + b with numpy broadcasting; same dtype (no promotion), ints wrap."""
+def sub(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """a - b with broadcasting."""
+def mul(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """a * b with broadcasting."""
+def div(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """a / b with broadcasting (float dtypes only)."""
+def maximum(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """Elementwise max with broadcasting; NaN propagates."""
+def minimum(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """Elementwise min with broadcasting; NaN propagates."""
+def pow(a: ArrayLike, b: ArrayLike) -> Tensor:
+    """a ** b with broadcasting (float dtypes only)."""
+def exp(x: ArrayLike) -> Tensor:
+    """e**x (f32 SIMD: within 2 ulp)."""
+def log(x: ArrayLike) -> Tensor:
+    """Natural log; NaN below 0, -inf at 0."""
+def tanh(x: ArrayLike) -> Tensor:
+    """Hyperbolic tangent."""
+def erf(x: ArrayLike) -> Tensor:
+    """Error function."""
+def gelu(x: ArrayLike) -> Tensor:
+    """GELU, erf form: 0.5 * x * (1 + erf(x / sqrt(2)))."""
+def gelu_tanh(x: ArrayLike) -> Tensor:
+    """GELU, tanh approximation."""
+def silu(x: ArrayLike) -> Tensor:
+    """x * sigmoid(x)."""
+def relu(x: ArrayLike) -> Tensor:
+    """max(x, 0); floats and ints; NaN propagates."""
+def sigmoid(x: ArrayLike) -> Tensor:
+    """1 / (1 + exp(-x))."""
+def sqrt(x: ArrayLike) -> Tensor:
+    """Square root."""
+def rsqrt(x: ArrayLike) -> Tensor:
+    """1 / sqrt(x)."""
+def neg(x: ArrayLike) -> Tensor:
+    """-x; floats and ints."""
+def abs(x: ArrayLike) -> Tensor:
+    """|x|; floats and ints."""
+def sum(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Sum over axis (None: all); ints/bool give i64; empty gives 0."""
+def mean(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Mean over axis (None: all); ints give f64; empty gives NaN."""
+def max(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Max over axis (None: all); NaN propagates; empty raises ShapeError."""
+def min(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Min over axis (None: all); NaN propagates; empty raises ShapeError."""
+def argmax(x: ArrayLike, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """i64 index of the first max (first NaN if any); None: of the flattened tensor."""
+def softmax(x: ArrayLike, axis: int = -1) -> Tensor:
+    """Stable softmax; an all -inf slice gives zeros."""
+def log_softmax(x: ArrayLike, axis: int = -1) -> Tensor:
+    """Stable log-softmax; an all -inf slice gives -inf."""
+def layer_norm(
+    x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None, eps: float = 1e-5
+) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dim."""
+def rms_norm(x: ArrayLike, weight: ArrayLike | None = None, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(mean(x**2) + eps) * weight over the last dim (HF Llama)."""
+def rope(
+    x: ArrayLike,
+    positions: ArrayLike | None = None,
+    offset: int = 0,
+    theta: float = 10000.0,
+    interleaved: bool = False,
+    inv_freq: ArrayLike | None = None,
+    rotary_dim: int | None = None,
+) -> Tensor:
+    """Rotary embedding of x [batch, seq, heads, head_dim]; half-rotation (HF) or interleaved."""
+def embedding(weight: ArrayLike, ids: ArrayLike) -> Tensor:
+    """weight[ids]: shape [*ids.shape, dim]; out-of-range ids raise IndexError."""
+def concat(tensors: Sequence[ArrayLike], axis: int = 0) -> Tensor:
+    """Joins tensors of one dtype along axis."""
+def where(cond: ArrayLike, a: ArrayLike, b: ArrayLike) -> Tensor:
+    """cond ? a : b with broadcasting; cond is bool."""
+def masked_fill(x: ArrayLike, mask: ArrayLike, value: float) -> Tensor:
+    """x with value where the bool mask (broadcast to x) is true."""
+def topk(x: ArrayLike, k: int, axis: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
+    """(values, i64 indices) of the k largest/smallest, sorted; ties by lower index; NaN is largest."""
+def cast(x: ArrayLike, dtype: Any) -> Tensor:
+    """A converted copy (same as x.astype(dtype))."""
+
+# --- attention ---------------------------------------------------------------
+def attention(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    mask: ArrayLike | None = None,
+) -> Tensor:
+    """Fused softmax(q kᵀ·scale + mask) v; q [b, sq, hq, d], k [b, sk, hkv, d], v [b, sk, hkv, dv] -> f32 [b, sq, hq, dv].
+
+    Grouped-query heads (hq a multiple of hkv); causal is bottom-right aligned (query i sees key j
+    iff j <= i + sk - sq); scale defaults to 1/sqrt(d); mask [b, sk], bool/int, nonzero = attend;
+    rows that attend nothing are zeros. f16/bf16 inputs are converted to f32. Memory O(seq).
+    Example: ``rt.attention(q, k, v, causal=True)``
+    """

@@ -421,7 +421,7 @@ pub fn import(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     } else {
         let base = data as isize + lo * size as isize;
         let len = ((hi - lo) as usize + 1) * size;
-        if base as usize % size != 0 {
+        if !(base as usize).is_multiple_of(size) {
             // Misaligned producer memory: copy the extent into an aligned buffer.
             // SAFETY: the producer guarantees the addressed elements are readable.
             let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len) };

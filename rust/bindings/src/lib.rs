@@ -22,7 +22,11 @@ use py_tensor::{parse_dtype, PyTensor};
 /// Makes a Tensor from a numpy array (zero-copy when aligned), list, scalar or Tensor.
 #[pyfunction]
 #[pyo3(signature = (obj, dtype=None))]
-fn tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, dtype: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
+fn tensor(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    dtype: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
     guard(|| {
         let dtype = dtype.map(parse_dtype).transpose()?;
         let t = py_tensor::to_tensor(py, obj, dtype == Some(rtserve_core::DType::BF16))?;

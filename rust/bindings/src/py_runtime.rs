@@ -47,7 +47,29 @@ fn set_num_threads(threads: usize) -> PyResult<()> {
     core(kernels::set_num_threads(threads))
 }
 
+/// Measured peak GFLOP/s on the current thread count: kind "f32" (FMA) or "bf16" (dot).
+#[pyfunction]
+#[pyo3(signature = (kind="f32", isa=None))]
+fn peak_gflops(py: Python<'_>, kind: &str, isa: Option<&str>) -> PyResult<f64> {
+    use rtserve_core::kernels::frame::peak::{self, PeakKind};
+    let kind = match kind {
+        "f32" => PeakKind::F32Fma,
+        "bf16" => PeakKind::Bf16Dot,
+        other => {
+            return Err(crate::errors::unsupported(format!(
+                "peak_gflops: kind '{other}' is not supported (f32, bf16)"
+            )))
+        }
+    };
+    let isa = match isa {
+        Some(name) => core(Isa::from_name(name))?,
+        None => kernels::isa(),
+    };
+    crate::errors::detached(py, move || peak::peak_gflops(kind, isa))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(peak_gflops, m)?)?;
     m.add_function(wrap_pyfunction!(isa, m)?)?;
     m.add_function(wrap_pyfunction!(set_isa, m)?)?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;

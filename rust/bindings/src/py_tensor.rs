@@ -298,6 +298,13 @@ impl PyTensor {
         guard(|| dlpack::export(py, &self.inner, versioned, copy))
     }
 
+    /// numpy's binary operators (`ndarray @ tensor`, `ndarray + tensor`) defer to the
+    /// tensor's reflected methods instead of converting it to an array.
+    #[classattr]
+    fn __array_ufunc__(py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+
     fn __dlpack_device__(&self) -> (i32, i32) {
         (1, 0)
     }

@@ -63,6 +63,49 @@ pub fn infer_reshape(op: &str, from: &[usize], to: &[isize]) -> Result<Vec<usize
     Ok(out)
 }
 
+/// `axis` (negative counts from the end) as an index into `ndim` dimensions.
+pub fn normalize_axis(op: &str, axis: isize, ndim: usize) -> Result<usize> {
+    let n = ndim as isize;
+    let a = if axis < 0 { axis + n } else { axis };
+    if a < 0 || a >= n {
+        return Err(Error::shape(
+            op,
+            format!("axis {axis} is out of range for a tensor of {ndim} dimensions"),
+        ));
+    }
+    Ok(a as usize)
+}
+
+/// The numpy broadcast of two shapes, or an error naming `op` and both shapes.
+pub fn broadcast_shapes(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0usize; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return Err(Error::shape(
+                op,
+                format!("shapes {a:?} and {b:?} cannot be broadcast together"),
+            ));
+        };
+    }
+    numel(&out)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +117,25 @@ mod tests {
         assert_eq!(numel(&[]).unwrap(), 1);
         assert_eq!(numel(&[3, 0]).unwrap(), 0);
         assert!(numel(&[usize::MAX, 2]).is_err());
+    }
+
+    #[test]
+    fn axes_and_broadcasting() {
+        assert_eq!(normalize_axis("op", -1, 3).unwrap(), 2);
+        assert!(normalize_axis("op", 3, 3).is_err());
+        assert!(normalize_axis("op", 0, 0).is_err());
+        assert_eq!(
+            broadcast_shapes("op", &[4, 1, 3], &[5, 1]).unwrap(),
+            vec![4, 5, 3]
+        );
+        assert_eq!(broadcast_shapes("op", &[], &[2, 0]).unwrap(), vec![2, 0]);
+        let e = broadcast_shapes("add", &[2, 3], &[4])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("add") && e.contains("[2, 3]") && e.contains("[4]"),
+            "{e}"
+        );
     }
 
     #[test]

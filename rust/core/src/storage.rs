@@ -80,6 +80,14 @@ impl AlignedBuffer {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
+    /// The buffer as f32 values (its length must be a multiple of 4).
+    pub fn as_mut_f32(&mut self) -> &mut [f32] {
+        let n = self.len / 4;
+        // SAFETY: the pointer is 64-byte aligned (or dangling-aligned when empty), valid
+        // for len bytes, every bit pattern is a valid f32, and `&mut self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<f32>(), n) }
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_slice`, and `&mut self` guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }

@@ -23,7 +23,7 @@ impl Tensor {
     /// A view of `storage`; checks alignment and that every element is inside it.
     pub fn from_parts(storage: Arc<Storage>, dtype: DType, layout: Layout) -> Result<Tensor> {
         let size = dtype.size();
-        if storage.as_ptr() as usize % size != 0 {
+        if !(storage.as_ptr() as usize).is_multiple_of(size) {
             return Err(Error::Internal(format!(
                 "storage at {:p} is not aligned for {dtype}",
                 storage.as_ptr()

@@ -329,7 +329,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     for info in header.tensors {
         let start = header.data_start + info.begin;
         let len = info.end - info.begin;
-        let aligned = (map.as_ptr() as usize + start) % info.dtype.size() == 0;
+        let aligned = (map.as_ptr() as usize + start).is_multiple_of(info.dtype.size());
         let storage = if aligned {
             Storage::mmap(map.clone(), start, len)?
         } else {

@@ -67,8 +67,8 @@ pub fn cpu() -> &'static CpuFeatures {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> CpuFeatures {
-    let avx2_fma = std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
+    let avx2_fma =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     let avx512 = avx2_fma
         && std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
@@ -155,11 +155,39 @@ pub fn set_isa(isa: Isa) -> Result<()> {
         return Err(Error::Unsupported(format!(
             "ISA {} is not supported by this CPU (available: {})",
             isa.name(),
-            available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+            available()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     CURRENT.store(encode(isa), Ordering::Relaxed);
     Ok(())
+}
+
+/// Runs the expression for the current tier: `dispatch_isa!(isa, generic => e,
+/// avx2 => unsafe { .. }, avx512 => unsafe { .. })`. The SIMD arms call
+/// `#[target_feature]` functions in their own `unsafe` blocks; that is sound when
+/// `isa` came from [`isa`], which only reports a tier that CPU detection (or
+/// [`set_isa`]'s check) confirmed. Off x86_64 only the generic arm is compiled.
+#[macro_export]
+macro_rules! dispatch_isa {
+    ($isa:expr, generic => $generic:expr, avx2 => $avx2:expr, avx512 => $avx512:expr $(,)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            match $isa {
+                $crate::kernels::Isa::Generic => $generic,
+                $crate::kernels::Isa::Avx2 => $avx2,
+                $crate::kernels::Isa::Avx512 => $avx512,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = $isa;
+            $generic
+        }
+    }};
 }
 
 #[cfg(test)]

@@ -1,0 +1,564 @@
+//! Fused attention driver (flash-attention style), written once over a vector
+//! type [`Lanes`] and instantiated per ISA (`generic/attention.rs`,
+//! `x86_64/{avx2,avx512}_attention_f32.rs`).
+//!
+//! One task is a block of query rows of one (batch, kv head): the rows of every
+//! query head sharing that kv head (grouped-query attention) over `q_start..q_end`.
+//! The task walks the keys in blocks of [`BLOCK_K`], keeping per row the running
+//! max `m`, running sum `l` and an f32 output accumulator (online softmax), so
+//! no seq_q × seq_k matrix ever exists: a task's scratch is
+//! O(rows × BLOCK_K + rows × head_dim_v + head_dim × BLOCK_K).
+//!
+//! Scores are computed in base 2: the packed queries are pre-scaled by
+//! `scale * log2(e)` and probabilities are `exp2(s - m)`, which is one
+//! polynomial ([`exp2`]) with no libm call.
+
+use crate::kernels::frame::threads::parallel_for;
+use crate::kernels::Isa;
+
+/// Keys per block: a multiple of every ISA's key tile (`SNV * N`).
+pub const BLOCK_K: usize = 128;
+
+/// Query rows a task aims for (all heads of a group together).
+pub const TARGET_ROWS: usize = 128;
+
+/// A register of `N` f32 lanes and the few operations the kernels need.
+///
+/// # Safety
+/// Every method may use instructions of the implementing ISA: call them only
+/// from code that runs after dispatch confirmed the CPU supports that ISA.
+/// `load`/`store` access `N` floats at the pointer.
+#[allow(clippy::missing_safety_doc)] // the contract above covers every method
+pub trait Lanes: Copy {
+    const N: usize;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn min(self, o: Self) -> Self;
+    unsafe fn max(self, o: Self) -> Self;
+    /// `a * b + c` (fused where the ISA has FMA).
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn reduce_max(self) -> f32;
+    unsafe fn reduce_sum(self) -> f32;
+    /// `2^round(x)` given `t = x + EXP2_MAGIC` with `round(x)` in -127..=127:
+    /// the integer in `t`'s low mantissa bits moved into the exponent field.
+    unsafe fn pow2_from_magic(t: Self) -> Self;
+}
+
+/// 1.5 × 2^23: adding it to |x| < 2^22 rounds x to an integer held in the low mantissa bits.
+pub const EXP2_MAGIC: f32 = 12_582_912.0;
+/// `bits(EXP2_MAGIC)` minus the f32 exponent bias: `bits(t) - EXP2_BIAS_BITS` is
+/// `round(x) + 127`, the biased exponent of `2^round(x)`.
+pub const EXP2_BIAS_BITS: i32 = 0x4B40_0000 - 127;
+
+/// Cephes `exp2f` minimax coefficients of `(2^f - 1) / f` on |f| <= 0.5 (relative error ~2e-7).
+const EXP2_POLY: [f32; 6] = [
+    1.535_336_2e-4,
+    1.339_887_4e-3,
+    9.618_437e-3,
+    5.550_332_5e-2,
+    2.402_264_8e-1,
+    6.931_472e-1,
+];
+
+/// `2^x` for x <= 0, branch-free; `-inf` and anything below -127 give 0.
+///
+/// # Safety
+/// As for [`Lanes`].
+#[inline(always)]
+pub unsafe fn exp2<V: Lanes>(x: V) -> V {
+    // SAFETY: the caller runs on V's ISA (this fn's contract).
+    unsafe {
+        let x = x.max(V::splat(-127.0)).min(V::splat(0.0));
+        let t = x.add(V::splat(EXP2_MAGIC));
+        let whole = t.sub(V::splat(EXP2_MAGIC));
+        let f = x.sub(whole);
+        let mut p = V::splat(EXP2_POLY[0]);
+        for &c in &EXP2_POLY[1..] {
+            p = V::fmadd(p, f, V::splat(c));
+        }
+        let p = V::fmadd(p, f, V::splat(1.0));
+        // 2^-127 has a zero exponent field, so the scale (and the result) is 0 there.
+        let scale = V::pow2_from_magic(t);
+        p.mul(scale)
+    }
+}
+
+/// A [batch, seq, heads, dim] f32 input whose last dimension is contiguous.
+#[derive(Clone, Copy, Debug)]
+pub struct StridedRows<'a> {
+    /// The whole storage as f32.
+    pub data: &'a [f32],
+    pub offset: usize,
+    /// Element strides of (batch, seq, heads); the dim stride is 1.
+    pub strides: [isize; 3],
+    pub dim: usize,
+}
+
+impl<'a> StridedRows<'a> {
+    /// The `dim` floats of row (b, s, h). Panics (a bug) if the layout was not bounds-checked.
+    #[inline]
+    pub fn row(&self, b: usize, s: usize, h: usize) -> &'a [f32] {
+        if self.dim == 0 {
+            // An empty tensor's strides may point anywhere.
+            return &[];
+        }
+        let at = self.offset as isize
+            + b as isize * self.strides[0]
+            + s as isize * self.strides[1]
+            + h as isize * self.strides[2];
+        let at = at as usize;
+        &self.data[at..at + self.dim]
+    }
+}
+
+/// Everything a task needs to know about one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionProblem<'a> {
+    pub q: StridedRows<'a>,
+    pub k: StridedRows<'a>,
+    pub v: StridedRows<'a>,
+    pub batch: usize,
+    pub seq_q: usize,
+    pub seq_k: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub scale: f32,
+    pub causal: bool,
+    /// `batch * seq_k` bytes, nonzero = the key may be attended.
+    pub key_valid: Option<&'a [u8]>,
+}
+
+impl AttentionProblem<'_> {
+    pub fn group(&self) -> usize {
+        self.heads_q / self.heads_kv
+    }
+
+    /// Whether query `i` of batch `b` may attend key `j` (causal is bottom-right aligned).
+    #[inline]
+    pub fn allowed(&self, b: usize, i: usize, j: usize) -> bool {
+        let causal_ok = !self.causal || j as isize <= i as isize + self.causal_offset();
+        let pad_ok = self.key_valid.is_none_or(|m| m[b * self.seq_k + j] != 0);
+        causal_ok && pad_ok
+    }
+
+    /// seq_k - seq_q: query i may attend key j iff j <= i + this (causal).
+    #[inline]
+    pub fn causal_offset(&self) -> isize {
+        self.seq_k as isize - self.seq_q as isize
+    }
+
+    /// Query rows per task along the sequence (the group's heads multiply it).
+    pub fn block_q(&self) -> usize {
+        (TARGET_ROWS / self.group().max(1)).max(1)
+    }
+}
+
+/// One task: query rows `q_start..q_end` of every head sharing kv head `kv_head`.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryBlock {
+    pub batch: usize,
+    pub kv_head: usize,
+    pub q_start: usize,
+    pub q_end: usize,
+}
+
+/// The contiguous f32 output [batch, seq_q, heads_q, head_dim_v], written by
+/// several tasks at once through a raw pointer: each task writes only the rows
+/// of its own [`QueryBlock`], and the blocks partition the output.
+pub struct OutRows {
+    ptr: *mut f32,
+    len: usize,
+    seq_q: usize,
+    heads_q: usize,
+    dim: usize,
+}
+
+// SAFETY: OutRows is only a pointer into a buffer that outlives the parallel
+// section; tasks write disjoint rows (see `row_mut`), so sharing it is sound.
+unsafe impl Send for OutRows {}
+// SAFETY: as above: concurrent tasks never touch the same row.
+unsafe impl Sync for OutRows {}
+
+impl OutRows {
+    /// Row (b, i, h) of the output.
+    ///
+    /// # Safety
+    /// No other live reference to this row may exist: each row belongs to
+    /// exactly one task, which takes it once.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn row_mut(&self, b: usize, i: usize, h: usize) -> &mut [f32] {
+        let at = ((b * self.seq_q + i) * self.heads_q + h) * self.dim;
+        assert!(
+            at + self.dim <= self.len,
+            "attention output row out of range"
+        );
+        // SAFETY: in bounds (asserted), and exclusive by this fn's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), self.dim) }
+    }
+}
+
+/// Runs the whole attention on the thread pool with the kernels of `isa`,
+/// writing every element of `out` ([batch, seq_q, heads_q, head_dim_v], contiguous).
+pub fn attention_f32(p: &AttentionProblem<'_>, out: &mut [f32], isa: Isa) {
+    let dv = p.v.dim;
+    assert_eq!(out.len(), p.batch * p.seq_q * p.heads_q * dv);
+    if out.is_empty() {
+        return;
+    }
+    let block_q = p.block_q();
+    let q_blocks = p.seq_q.div_ceil(block_q);
+    let tasks = p.batch * p.heads_kv * q_blocks;
+    let rows = OutRows {
+        ptr: out.as_mut_ptr(),
+        len: out.len(),
+        seq_q: p.seq_q,
+        heads_q: p.heads_q,
+        dim: dv,
+    };
+    let run = |t: usize| {
+        let qb = t % q_blocks;
+        let kv_head = (t / q_blocks) % p.heads_kv;
+        let batch = t / (q_blocks * p.heads_kv);
+        let blk = QueryBlock {
+            batch,
+            kv_head,
+            q_start: qb * block_q,
+            q_end: ((qb + 1) * block_q).min(p.seq_q),
+        };
+        run_block(p, &blk, &rows, isa);
+    };
+    parallel_for(tasks, run);
+}
+
+fn run_block(p: &AttentionProblem<'_>, blk: &QueryBlock, out: &OutRows, isa: Isa) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an Avx512 tier is only produced after detection found AVX-512 F/BW/DQ/VL + FMA;
+        // blocks partition the output (one task per block).
+        Isa::Avx512 => unsafe {
+            crate::kernels::x86_64::avx512_attention_f32::avx512_attention_f32_4x64(p, blk, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an Avx2 tier is only produced after detection found AVX2 + FMA; blocks are disjoint.
+        Isa::Avx2 => unsafe {
+            crate::kernels::x86_64::avx2_attention_f32::avx2_attention_f32_6x16(p, blk, out)
+        },
+        // SAFETY: blocks partition the output (one task per block).
+        _ => unsafe { crate::kernels::generic::attention::generic_attention_f32(p, blk, out) },
+    }
+}
+
+/// Per-task scratch, allocated once per task (O(rows × (BLOCK_K + head_dims))).
+struct Scratch {
+    /// Queries × scale × log2(e), [rows][d].
+    q: Vec<f32>,
+    /// K block transposed, [d][BLOCK_K] (keys along the vector lanes).
+    kt: Vec<f32>,
+    /// V block, [BLOCK_K][dv_pad], padded with zeros.
+    v: Vec<f32>,
+    /// Scores, then probabilities, [rows][BLOCK_K].
+    s: Vec<f32>,
+    /// Output accumulators, [rows][dv_pad].
+    acc: Vec<f32>,
+    /// 0 for keys that may be attended, -inf otherwise (padding mask, block tail).
+    key_bias: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+}
+
+/// Attention for one [`QueryBlock`]: the body every ISA instantiates.
+/// `SMR × SNV` is the score tile (query rows × vectors of keys), `PMR × PNV` the
+/// P·V tile (rows × vectors of output columns).
+///
+/// # Safety
+/// The CPU supports `V`'s ISA, and no other task writes the rows of `blk`.
+#[inline(always)]
+pub unsafe fn attention_block<
+    V: Lanes,
+    const SMR: usize,
+    const SNV: usize,
+    const PMR: usize,
+    const PNV: usize,
+>(
+    p: &AttentionProblem<'_>,
+    blk: &QueryBlock,
+    out: &OutRows,
+) {
+    let key_tile = SNV * V::N;
+    let col_tile = PNV * V::N;
+    assert!(
+        BLOCK_K.is_multiple_of(key_tile),
+        "BLOCK_K must hold whole key tiles"
+    );
+    let group = p.group();
+    let (d, dv) = (p.q.dim, p.v.dim);
+    let dv_pad = dv.div_ceil(col_tile) * col_tile;
+    let nq = blk.q_end - blk.q_start;
+    let rows = group * nq;
+    let b = blk.batch;
+    let mut sc = Scratch {
+        q: vec![0.0; rows * d],
+        kt: vec![0.0; d * BLOCK_K],
+        v: vec![0.0; BLOCK_K * dv_pad],
+        s: vec![0.0; rows * BLOCK_K],
+        acc: vec![0.0; rows * dv_pad],
+        key_bias: vec![0.0; BLOCK_K],
+        m: vec![f32::NEG_INFINITY; rows],
+        l: vec![0.0; rows],
+    };
+    // Row r is query head kv_head*group + r/nq at position q_start + r%nq.
+    let head_of = |r: usize| blk.kv_head * group + r / nq;
+    let pos_of = |r: usize| blk.q_start + r % nq;
+    let q_scale = p.scale * std::f32::consts::LOG2_E;
+    for r in 0..rows {
+        let src = p.q.row(b, pos_of(r), head_of(r));
+        for (dst, &x) in sc.q[r * d..(r + 1) * d].iter_mut().zip(src) {
+            *dst = x * q_scale;
+        }
+    }
+    let offset = p.causal_offset();
+    let key_end = if p.causal {
+        (blk.q_end as isize + offset).clamp(0, p.seq_k as isize) as usize
+    } else {
+        p.seq_k
+    };
+    for j0 in (0..key_end).step_by(BLOCK_K) {
+        let nk = BLOCK_K.min(key_end - j0);
+        let nk_pad = nk.div_ceil(key_tile) * key_tile;
+        pack_keys(p, b, blk.kv_head, j0, nk, nk_pad, &mut sc);
+        // SAFETY: scratch sizes: q is rows×d, kt is d×BLOCK_K, s is rows×BLOCK_K and
+        // nk_pad <= BLOCK_K is a multiple of SNV*N; the ISA is the caller's contract.
+        unsafe {
+            let full = rows / SMR * SMR;
+            for r0 in (0..full).step_by(SMR) {
+                scores_tile::<V, SMR, SNV>(&sc.q, &sc.kt, &mut sc.s, r0, d, nk_pad);
+            }
+            for r0 in full..rows {
+                scores_tile::<V, 1, SNV>(&sc.q, &sc.kt, &mut sc.s, r0, d, nk_pad);
+            }
+        }
+        if p.causal && (j0 + nk) as isize - 1 > blk.q_start as isize + offset {
+            // The block crosses the diagonal: row r sees keys j0 + j with j < limit.
+            for r in 0..rows {
+                let limit = (pos_of(r) as isize + offset + 1 - j0 as isize).max(0) as usize;
+                if limit < nk_pad {
+                    sc.s[r * BLOCK_K + limit..r * BLOCK_K + nk_pad].fill(f32::NEG_INFINITY);
+                }
+            }
+        }
+        for r in 0..rows {
+            let row = &mut sc.s[r * BLOCK_K..r * BLOCK_K + nk_pad];
+            // SAFETY: row and key_bias hold nk_pad floats, a multiple of N; the ISA is the contract.
+            let block_max = unsafe { masked_row_max::<V>(row, &sc.key_bias[..nk_pad]) };
+            let m_new = sc.m[r].max(block_max);
+            if m_new == f32::NEG_INFINITY {
+                // Nothing attended yet: probabilities 0, accumulator untouched (still 0).
+                row.fill(0.0);
+                continue;
+            }
+            let alpha = (sc.m[r] - m_new).exp2();
+            // SAFETY: as above.
+            let sum = unsafe { exp2_row::<V>(row, m_new) };
+            sc.l[r] = sc.l[r] * alpha + sum;
+            sc.m[r] = m_new;
+            if alpha != 1.0 {
+                for a in &mut sc.acc[r * dv_pad..(r + 1) * dv_pad] {
+                    *a *= alpha;
+                }
+            }
+        }
+        // SAFETY: s is rows×BLOCK_K (P, columns < nk valid), v is BLOCK_K×dv_pad,
+        // acc is rows×dv_pad with dv_pad a multiple of PNV*N; the ISA is the contract.
+        unsafe {
+            let full = rows / PMR * PMR;
+            for r0 in (0..full).step_by(PMR) {
+                pv_tile::<V, PMR, PNV>(&sc.s, &sc.v, &mut sc.acc, r0, nk, dv_pad);
+            }
+            for r0 in full..rows {
+                pv_tile::<V, 1, PNV>(&sc.s, &sc.v, &mut sc.acc, r0, nk, dv_pad);
+            }
+        }
+    }
+    for r in 0..rows {
+        // A row that attended nothing (all keys masked) has l == 0: zeros, not NaN.
+        let inv = if sc.l[r] > 0.0 { 1.0 / sc.l[r] } else { 0.0 };
+        // SAFETY: this task owns the rows of its block (this fn's contract).
+        let dst = unsafe { out.row_mut(b, pos_of(r), head_of(r)) };
+        for (o, &a) in dst.iter_mut().zip(&sc.acc[r * dv_pad..r * dv_pad + dv]) {
+            *o = a * inv;
+        }
+    }
+}
+
+/// Copies keys j0..j0+nk transposed into `kt`, values into `v`, and sets the key bias.
+#[inline(always)]
+fn pack_keys(
+    p: &AttentionProblem<'_>,
+    b: usize,
+    kv_head: usize,
+    j0: usize,
+    nk: usize,
+    nk_pad: usize,
+    sc: &mut Scratch,
+) {
+    let (d, dv) = (p.k.dim, p.v.dim);
+    let dv_pad = sc.v.len() / BLOCK_K;
+    for j in 0..nk {
+        let key = p.k.row(b, j0 + j, kv_head);
+        for (c, &x) in key.iter().enumerate() {
+            sc.kt[c * BLOCK_K + j] = x;
+        }
+        sc.v[j * dv_pad..j * dv_pad + dv].copy_from_slice(p.v.row(b, j0 + j, kv_head));
+        let valid = p.key_valid.is_none_or(|m| m[b * p.seq_k + j0 + j] != 0);
+        sc.key_bias[j] = if valid { 0.0 } else { f32::NEG_INFINITY };
+    }
+    for j in nk..nk_pad {
+        for c in 0..d {
+            sc.kt[c * BLOCK_K + j] = 0.0;
+        }
+        sc.key_bias[j] = f32::NEG_INFINITY;
+    }
+}
+
+/// S[r0..r0+MR][0..nk_pad] = Q[r0..r0+MR] · Kt[.., 0..nk_pad], MR rows × SNV vectors at a time.
+///
+/// # Safety
+/// `q` holds (r0+MR)×d, `kt` d×BLOCK_K, `s` (r0+MR)×BLOCK_K floats; `nk_pad` <= BLOCK_K
+/// is a multiple of SNV×N; the CPU supports V's ISA.
+#[inline(always)]
+unsafe fn scores_tile<V: Lanes, const MR: usize, const SNV: usize>(
+    q: &[f32],
+    kt: &[f32],
+    s: &mut [f32],
+    r0: usize,
+    d: usize,
+    nk_pad: usize,
+) {
+    debug_assert!(q.len() >= (r0 + MR) * d && kt.len() >= d * BLOCK_K);
+    debug_assert!(s.len() >= (r0 + MR) * BLOCK_K && nk_pad <= BLOCK_K);
+    let (qp, kp, sp) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    for c0 in (0..nk_pad).step_by(SNV * V::N) {
+        // SAFETY: every offset below is inside the sizes of this fn's contract.
+        unsafe {
+            let zero = V::splat(0.0);
+            let mut acc = [[zero; SNV]; MR];
+            for c in 0..d {
+                let krow = kp.add(c * BLOCK_K + c0);
+                let mut kv = [zero; SNV];
+                for (x, k) in kv.iter_mut().enumerate() {
+                    *k = V::load(krow.add(x * V::N));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let qb = V::splat(*qp.add((r0 + r) * d + c));
+                    for x in 0..SNV {
+                        acc_r[x] = V::fmadd(qb, kv[x], acc_r[x]);
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let dst = sp.add((r0 + r) * BLOCK_K + c0);
+                for (x, a) in acc_r.iter().enumerate() {
+                    a.store(dst.add(x * V::N));
+                }
+            }
+        }
+    }
+}
+
+/// acc[r0..r0+MR] += P[r0..r0+MR][0..nk] · V[0..nk], MR rows × PNV vectors of columns at a time.
+///
+/// # Safety
+/// `p` holds (r0+MR)×BLOCK_K, `v` nk×dv_pad, `acc` (r0+MR)×dv_pad floats; dv_pad is a
+/// multiple of PNV×N; the CPU supports V's ISA.
+#[inline(always)]
+unsafe fn pv_tile<V: Lanes, const MR: usize, const PNV: usize>(
+    p: &[f32],
+    v: &[f32],
+    acc: &mut [f32],
+    r0: usize,
+    nk: usize,
+    dv_pad: usize,
+) {
+    debug_assert!(p.len() >= (r0 + MR) * BLOCK_K && v.len() >= nk * dv_pad);
+    debug_assert!(acc.len() >= (r0 + MR) * dv_pad && dv_pad.is_multiple_of(PNV * V::N));
+    let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+    for c0 in (0..dv_pad).step_by(PNV * V::N) {
+        // SAFETY: every offset below is inside the sizes of this fn's contract.
+        unsafe {
+            let zero = V::splat(0.0);
+            let mut tile = [[zero; PNV]; MR];
+            for (r, tile_r) in tile.iter_mut().enumerate() {
+                for (x, t) in tile_r.iter_mut().enumerate() {
+                    *t = V::load(ap.add((r0 + r) * dv_pad + c0 + x * V::N));
+                }
+            }
+            for j in 0..nk {
+                let vrow = vp.add(j * dv_pad + c0);
+                let mut vv = [zero; PNV];
+                for (x, v) in vv.iter_mut().enumerate() {
+                    *v = V::load(vrow.add(x * V::N));
+                }
+                for (r, tile_r) in tile.iter_mut().enumerate() {
+                    let pb = V::splat(*pp.add((r0 + r) * BLOCK_K + j));
+                    for x in 0..PNV {
+                        tile_r[x] = V::fmadd(pb, vv[x], tile_r[x]);
+                    }
+                }
+            }
+            for (r, tile_r) in tile.iter().enumerate() {
+                let dst = ap.add((r0 + r) * dv_pad + c0);
+                for (x, t) in tile_r.iter().enumerate() {
+                    t.store(dst.add(x * V::N));
+                }
+            }
+        }
+    }
+}
+
+/// Applies the key bias to a row of scores in place (clamping +inf so that a
+/// huge score cannot turn into inf - inf = NaN later) and returns the row max.
+///
+/// # Safety
+/// `row.len() == bias.len()`, a multiple of N; the CPU supports V's ISA.
+#[inline(always)]
+unsafe fn masked_row_max<V: Lanes>(row: &mut [f32], bias: &[f32]) -> f32 {
+    debug_assert!(row.len() == bias.len() && row.len().is_multiple_of(V::N));
+    // SAFETY: offsets stay below row.len() == bias.len() (contract).
+    unsafe {
+        let mut mx = V::splat(f32::NEG_INFINITY);
+        let big = V::splat(f32::MAX);
+        for j in (0..row.len()).step_by(V::N) {
+            let x = V::load(row.as_ptr().add(j))
+                .min(big)
+                .add(V::load(bias.as_ptr().add(j)));
+            x.store(row.as_mut_ptr().add(j));
+            mx = mx.max(x);
+        }
+        mx.reduce_max()
+    }
+}
+
+/// Replaces a row of base-2 scores by `exp2(s - m)` and returns their sum.
+///
+/// # Safety
+/// `row.len()` is a multiple of N; the CPU supports V's ISA.
+#[inline(always)]
+unsafe fn exp2_row<V: Lanes>(row: &mut [f32], m: f32) -> f32 {
+    debug_assert!(row.len().is_multiple_of(V::N));
+    // SAFETY: offsets stay below row.len() (contract).
+    unsafe {
+        let mv = V::splat(m);
+        let mut sum = V::splat(0.0);
+        for j in (0..row.len()).step_by(V::N) {
+            let e = exp2(V::load(row.as_ptr().add(j)).sub(mv));
+            e.store(row.as_mut_ptr().add(j));
+            sum = sum.add(e);
+        }
+        sum.reduce_sum()
+    }
+}

@@ -1,0 +1,714 @@
+//! The GEMM driver (BLIS-style): C (M×N, row-major) = A (M×K) · B (K×N), with
+//! any strides for A and B, B in f32, bf16 or f16 (or pre-packed), and a fused
+//! epilogue. Loops: jc (NC columns of B, L3) → pc (KC depth, packed B shared
+//! by all threads) → parallel tasks over (MC rows of A packed per task, L2) ×
+//! (column groups) → jr (NR panel, L1) → ir (MR panel) → micro-kernel.
+//! Small M (≤ 8 rows) goes to `gemv`, which streams B once instead.
+
+use std::cell::RefCell;
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::kernels::dispatch::{cpu, isa, Isa};
+use crate::kernels::frame::epilogue::{apply_row, Epilogue};
+use crate::kernels::frame::gemv;
+use crate::kernels::frame::pack::{
+    pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panel, MatRef,
+};
+use crate::kernels::frame::threads::{num_threads, parallel_for};
+use crate::kernels::generic::mmm as generic;
+
+/// Depth of one packed block (even, so bf16 k-pairs never straddle blocks).
+pub const KC: usize = 256;
+/// Columns of B packed per block (KC × NC f32 = 4 MiB, shared L3).
+const NC: usize = 4096;
+/// Rows of A packed per block (≈ MC × KC f32 = 144 KiB, private L2).
+const MC_TARGET: usize = 144;
+
+/// Where B comes from.
+#[derive(Copy, Clone)]
+pub enum BSource<'a> {
+    F32(MatRef<f32>),
+    BF16(MatRef<bf16>),
+    F16(MatRef<f16>),
+    Packed(&'a PackedB),
+}
+
+impl BSource<'_> {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            BSource::F32(b) => (b.rows, b.cols),
+            BSource::BF16(b) => (b.rows, b.cols),
+            BSource::F16(b) => (b.rows, b.cols),
+            BSource::Packed(p) => (p.k, p.n),
+        }
+    }
+}
+
+/// A micro-kernel family: its tile, the packed element types, and how to pack.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum KernelKind {
+    F32 { isa: Isa },
+    Bf16Avx512,
+}
+
+impl KernelKind {
+    /// The kernel this CPU uses for B of `dtype` at the current ISA tier.
+    pub fn choose(bf16_weights: bool) -> KernelKind {
+        let isa = isa();
+        if bf16_weights && isa == Isa::Avx512 && cpu().avx512_bf16 {
+            KernelKind::Bf16Avx512
+        } else {
+            KernelKind::F32 { isa }
+        }
+    }
+
+    pub fn mr_nr(self) -> (usize, usize) {
+        match self {
+            KernelKind::F32 { isa: Isa::Generic } => (generic::MR, generic::NR),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::F32 { isa: Isa::Avx2 } => {
+                use crate::kernels::x86_64::avx2_mmm_f32_6x16 as k;
+                (k::MR, k::NR)
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::F32 { isa: Isa::Avx512 } => {
+                use crate::kernels::x86_64::avx512_mmm_f32_12x32 as k;
+                (k::MR, k::NR)
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Bf16Avx512 => {
+                use crate::kernels::x86_64::avx512_mmm_bf16_12x32 as k;
+                (k::MR, k::NR)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => (generic::MR, generic::NR),
+        }
+    }
+
+    fn mc(self) -> usize {
+        let (mr, _) = self.mr_nr();
+        mr * (MC_TARGET / mr).max(1)
+    }
+
+    /// Packed B elements (f32 or bf16 halves) per k-step per column.
+    fn b_units(self, kc: usize) -> usize {
+        match self {
+            KernelKind::F32 { .. } => kc,
+            KernelKind::Bf16Avx512 => kc.div_ceil(2) * 2,
+        }
+    }
+}
+
+/// B packed once for repeated use (constant weights): the same panels the
+/// driver would build, for every (KC block, NR panel).
+pub struct PackedB {
+    pub k: usize,
+    pub n: usize,
+    pub kind: KernelKind,
+    pub(crate) f32_data: Vec<f32>,
+    pub(crate) bf16_data: Vec<u16>,
+}
+
+impl PackedB {
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        self.f32_data.len() * 4 + self.bf16_data.len() * 2
+    }
+
+    /// Offset (in packed elements) of the panel holding column `col0` of block `pc`.
+    pub(crate) fn panel_offset(&self, pc: usize, col0: usize) -> usize {
+        let (_, nr) = self.kind.mr_nr();
+        let n_pad = self.n.div_ceil(nr) * nr;
+        let kc = KC.min(self.k - pc);
+        // Blocks before pc hold KC units each per padded column.
+        pc * n_pad + (col0 / nr) * nr * self.kind.b_units(kc)
+    }
+}
+
+/// Packs B for the current ISA (bf16 B uses the bf16 kernel where available).
+pub fn pack_b_for_reuse(b: BSource<'_>) -> Result<PackedB> {
+    let (k, n) = b.dims();
+    let kind = KernelKind::choose(matches!(b, BSource::BF16(_)));
+    let (_, nr) = kind.mr_nr();
+    let n_pad = n.div_ceil(nr) * nr;
+    let mut out = PackedB {
+        k,
+        n,
+        kind,
+        f32_data: Vec::new(),
+        bf16_data: Vec::new(),
+    };
+    let total = n_pad
+        .checked_mul(k.div_ceil(2) * 2)
+        .ok_or_else(|| Error::shape("pack", format!("B of {k} x {n} is too large")))?;
+    match (kind, b) {
+        (_, BSource::Packed(_)) => return Err(Error::Internal("B is already packed".into())),
+        (KernelKind::Bf16Avx512, BSource::BF16(src)) => {
+            out.bf16_data = vec![0u16; total];
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let start = out.panel_offset(pc, 0);
+                let len = n_pad * kind.b_units(kc);
+                pack_b_bf16_pairs(
+                    src.sub(pc, 0, kc, n),
+                    nr,
+                    &mut out.bf16_data[start..start + len],
+                );
+            }
+        }
+        (_, src) => {
+            out.f32_data = vec![0f32; n_pad * k];
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                for col0 in (0..n).step_by(nr) {
+                    let at = out.panel_offset(pc, col0);
+                    let panel = &mut out.f32_data[at..at + nr * kc];
+                    match src {
+                        BSource::F32(b) => pack_b_panel(b.sub(pc, 0, kc, n), col0, nr, panel),
+                        BSource::BF16(b) => pack_b_panel(b.sub(pc, 0, kc, n), col0, nr, panel),
+                        BSource::F16(b) => pack_b_panel(b.sub(pc, 0, kc, n), col0, nr, panel),
+                        BSource::Packed(_) => unreachable!("rejected above"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Raw output pointer shared by tasks that write disjoint tiles.
+#[derive(Copy, Clone)]
+pub(crate) struct COut {
+    pub(crate) ptr: *mut f32,
+    pub(crate) ldc: usize,
+}
+impl COut {
+    /// The pointer (a method, so closures capture the whole Send + Sync struct).
+    pub(crate) fn base(&self) -> *mut f32 {
+        self.ptr
+    }
+}
+
+// SAFETY: tasks write disjoint tiles of C (distinct row blocks or column groups).
+unsafe impl Send for COut {}
+// SAFETY: as above.
+unsafe impl Sync for COut {}
+
+thread_local! {
+    static A_BUF: RefCell<(Vec<f32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// C = A · B (+ epilogue). `c` is row-major with row stride `ldc` and at least
+/// (M-1)*ldc + N elements; A is M × K (any strides), B is K × N.
+pub fn gemm(
+    a: MatRef<f32>,
+    b: BSource<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue<'_>,
+) -> Result<()> {
+    let (m, k) = (a.rows, a.cols);
+    let (kb, n) = b.dims();
+    if kb != k {
+        return Err(Error::shape(
+            "matmul",
+            format!("A is {m} x {k} but B is {kb} x {n}"),
+        ));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if ldc < n || c.len() < (m - 1) * ldc + n {
+        return Err(Error::Internal(format!(
+            "output buffer too small for {m} x {n} (ldc {ldc})"
+        )));
+    }
+    if let Some(bias) = epi.bias {
+        if bias.len() != n {
+            return Err(Error::shape(
+                "matmul",
+                format!("bias has {} values for {n} columns", bias.len()),
+            ));
+        }
+    }
+    if k == 0 {
+        for i in 0..m {
+            let row = &mut c[i * ldc..i * ldc + n];
+            row.fill(0.0);
+            apply_row(row, i, 0, epi);
+        }
+        return Ok(());
+    }
+    if m <= gemv::MAX_ROWS {
+        return gemv::gemv(a, b, c, ldc, epi);
+    }
+    let kind = match b {
+        BSource::Packed(p) => p.kind,
+        BSource::BF16(_) => KernelKind::choose(true),
+        _ => KernelKind::choose(false),
+    };
+    gemm_with(kind, a, b, c, ldc, epi);
+    Ok(())
+}
+
+/// The packed path with an explicit kernel (tests run every kind side by side).
+pub(crate) fn gemm_with(
+    kind: KernelKind,
+    a: MatRef<f32>,
+    b: BSource<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue<'_>,
+) {
+    let (m, n, k) = (a.rows, b.dims().1, a.cols);
+    let (mr, nr) = kind.mr_nr();
+    let threads = if (m * n).saturating_mul(k) < 64 * 64 * 64 {
+        1
+    } else {
+        num_threads()
+    };
+    let (tm, tn) = grid(m.div_ceil(mr), n.div_ceil(nr), m, n, threads);
+    let out = COut {
+        ptr: c.as_mut_ptr(),
+        ldc,
+    };
+    parallel_for(tm * tn, |t| {
+        let (rows, cols) = (split(m, mr, tm, t / tn), split(n, nr, tn, t % tn));
+        if rows.0 < rows.1 && cols.0 < cols.1 {
+            gemm_block(kind, a, b, out, rows, cols, epi);
+        }
+    });
+}
+
+/// Threads as a tm × tn grid over C, choosing the split that packs least:
+/// each column part re-packs A (M×K), each row part re-packs B (K×N).
+fn grid(m_panels: usize, n_panels: usize, m: usize, n: usize, threads: usize) -> (usize, usize) {
+    let mut best = (1, 1);
+    let mut best_cost = usize::MAX;
+    for tm in 1..=threads {
+        if !threads.is_multiple_of(tm) {
+            continue;
+        }
+        let tn = threads / tm;
+        if tm > m_panels || tn > n_panels {
+            continue;
+        }
+        let cost = tn * m + tm * n;
+        if cost < best_cost {
+            best_cost = cost;
+            best = (tm, tn);
+        }
+    }
+    best
+}
+
+/// Part `i` of `parts` of `0..len`, cut on multiples of `unit`.
+fn split(len: usize, unit: usize, parts: usize, i: usize) -> (usize, usize) {
+    let units = len.div_ceil(unit);
+    let lo = units * i / parts * unit;
+    let hi = (units * (i + 1) / parts * unit).min(len);
+    (lo.min(len), hi)
+}
+
+thread_local! {
+    static B_BUF: RefCell<(Vec<f32>, Vec<u16>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The single-threaded BLIS loops over C[rows, cols].
+fn gemm_block(
+    kind: KernelKind,
+    a: MatRef<f32>,
+    b: BSource<'_>,
+    out: COut,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    epi: &Epilogue<'_>,
+) {
+    let k = a.cols;
+    let (mr, nr) = kind.mr_nr();
+    let mc = kind.mc();
+    A_BUF.with(|abuf| {
+        B_BUF.with(|bbuf| {
+            let mut abuf = abuf.borrow_mut();
+            let mut bbuf = bbuf.borrow_mut();
+            let (af, ab) = &mut *abuf;
+            let (bf, bb) = &mut *bbuf;
+            for jc in (cols.0..cols.1).step_by(NC) {
+                let nc = NC.min(cols.1 - jc);
+                let n_panels = nc.div_ceil(nr);
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    let last = pc + kc == k;
+                    let panel_len = nr * kind.b_units(kc);
+                    let (bp_f32, bp_bf16): (&[f32], &[u16]) = match b {
+                        BSource::Packed(p) => {
+                            let at = p.panel_offset(pc, jc);
+                            match kind {
+                                KernelKind::Bf16Avx512 => {
+                                    (&[], &p.bf16_data[at..at + n_panels * panel_len])
+                                }
+                                _ => (&p.f32_data[at..at + n_panels * panel_len], &[]),
+                            }
+                        }
+                        BSource::BF16(src) if kind == KernelKind::Bf16Avx512 => {
+                            bb.resize(n_panels * panel_len, 0);
+                            pack_b_bf16_pairs(src.sub(pc, jc, kc, nc), nr, bb);
+                            (&[], &bb[..])
+                        }
+                        _ => {
+                            bf.resize(n_panels * panel_len, 0.0);
+                            for panel in 0..n_panels {
+                                let dst = &mut bf[panel * panel_len..(panel + 1) * panel_len];
+                                match b {
+                                    BSource::F32(s) => {
+                                        pack_b_panel(s.sub(pc, jc, kc, nc), panel * nr, nr, dst)
+                                    }
+                                    BSource::BF16(s) => {
+                                        pack_b_panel(s.sub(pc, jc, kc, nc), panel * nr, nr, dst)
+                                    }
+                                    BSource::F16(s) => {
+                                        pack_b_panel(s.sub(pc, jc, kc, nc), panel * nr, nr, dst)
+                                    }
+                                    BSource::Packed(_) => {}
+                                }
+                            }
+                            (&bf[..], &[])
+                        }
+                    };
+                    for ic in (rows.0..rows.1).step_by(mc) {
+                        let mcur = mc.min(rows.1 - ic);
+                        let a_blk = a.sub(ic, pc, mcur, kc);
+                        match kind {
+                            KernelKind::Bf16Avx512 => {
+                                ab.resize(mcur.div_ceil(mr) * mr * kc.div_ceil(2), 0);
+                                pack_a_bf16_pairs(a_blk, mr, ab);
+                            }
+                            _ => {
+                                af.resize(mcur.div_ceil(mr) * mr * kc, 0.0);
+                                pack_a(a_blk, mr, af);
+                            }
+                        }
+                        for panel in 0..n_panels {
+                            let j0 = jc + panel * nr;
+                            let ncur = nr.min(cols.1 - j0);
+                            for (ir, i0) in (0..mcur).step_by(mr).enumerate() {
+                                let mcur_r = mr.min(mcur - i0);
+                                let tile = Tile {
+                                    kind,
+                                    kc,
+                                    a_f32: af.as_ptr().wrapping_add(ir * mr * kc),
+                                    a_bf16: ab.as_ptr().wrapping_add(ir * mr * kc.div_ceil(2)),
+                                    b_f32: bp_f32.as_ptr().wrapping_add(panel * panel_len),
+                                    b_bf16: bp_bf16.as_ptr().wrapping_add(panel * panel_len),
+                                };
+                                // SAFETY: the packed panels hold full MR/NR tiles of kc depth
+                                // (sized above); C[ic+i0.., j0..] (mcur_r × ncur) is inside this
+                                // task's disjoint region of the output.
+                                unsafe {
+                                    tile.run(out, ic + i0, j0, mcur_r, ncur, pc > 0);
+                                    if last && !epi.is_identity() {
+                                        for r in 0..mcur_r {
+                                            let i = ic + i0 + r;
+                                            let row = std::slice::from_raw_parts_mut(
+                                                out.base().add(i * out.ldc + j0),
+                                                ncur,
+                                            );
+                                            apply_row(row, i, j0, epi);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// One micro-tile's inputs.
+struct Tile {
+    kind: KernelKind,
+    kc: usize,
+    a_f32: *const f32,
+    a_bf16: *const u32,
+    b_f32: *const f32,
+    b_bf16: *const u16,
+}
+
+impl Tile {
+    /// Runs the micro-kernel into C[i0.., j0..] (rows × cols ≤ MR × NR).
+    ///
+    /// # Safety
+    /// Panels valid for this kind and depth; the C region is inside the output.
+    unsafe fn run(
+        &self,
+        out: COut,
+        i0: usize,
+        j0: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let (mr, nr) = self.kind.mr_nr();
+        let c = out.ptr.wrapping_add(i0 * out.ldc + j0);
+        if rows == mr && cols == nr {
+            // SAFETY: full tile inside C; forwarded caller guarantees.
+            unsafe { self.call(c, out.ldc, accumulate) };
+            return;
+        }
+        // Edge tile: run on a full-size scratch tile, then copy the valid part.
+        let mut scratch = [0f32; 16 * 64];
+        let tmp = scratch.as_mut_ptr();
+        if accumulate {
+            for r in 0..rows {
+                for j in 0..cols {
+                    // SAFETY: (r, j) is inside both the C edge region and the scratch tile.
+                    unsafe { *tmp.add(r * nr + j) = *c.add(r * out.ldc + j) };
+                }
+            }
+        }
+        // SAFETY: scratch holds MR × NR (≤ 16 × 64) floats with row stride nr.
+        unsafe { self.call(tmp, nr, accumulate) };
+        for r in 0..rows {
+            for j in 0..cols {
+                // SAFETY: as above.
+                unsafe { *c.add(r * out.ldc + j) = *tmp.add(r * nr + j) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// `c` is a writable MR × NR tile with row stride `ldc`; panels as in `run`.
+    unsafe fn call(&self, c: *mut f32, ldc: usize, accumulate: bool) {
+        match self.kind {
+            // SAFETY: generic kernel has no ISA requirement; panels are valid.
+            KernelKind::F32 { isa: Isa::Generic } => unsafe {
+                generic::generic_mmm_f32_4x8(self.kc, self.a_f32, self.b_f32, c, ldc, accumulate)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx2 is only chosen after dispatch confirmed AVX2+FMA.
+            KernelKind::F32 { isa: Isa::Avx2 } => unsafe {
+                crate::kernels::x86_64::avx2_mmm_f32_6x16::avx2_mmm_f32_6x16(
+                    self.kc, self.a_f32, self.b_f32, c, ldc, accumulate,
+                )
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx512 is only chosen after dispatch confirmed AVX-512.
+            KernelKind::F32 { isa: Isa::Avx512 } => unsafe {
+                crate::kernels::x86_64::avx512_mmm_f32_12x32::avx512_mmm_f32_12x32(
+                    self.kc, self.a_f32, self.b_f32, c, ldc, accumulate,
+                )
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Bf16Avx512 is only chosen when the CPU reports AVX512_BF16.
+            KernelKind::Bf16Avx512 => unsafe {
+                crate::kernels::x86_64::avx512_mmm_bf16_12x32::avx512_mmm_bf16_12x32(
+                    self.kc.div_ceil(2),
+                    self.a_bf16,
+                    self.b_bf16,
+                    c,
+                    ldc,
+                    accumulate,
+                )
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            // SAFETY: only the generic kernel exists off x86_64.
+            _ => unsafe {
+                generic::generic_mmm_f32_4x8(self.kc, self.a_f32, self.b_f32, c, ldc, accumulate)
+            },
+        }
+    }
+}
+
+/// f32 view helpers for callers with plain slices.
+pub fn mat<T>(data: &[T], rows: usize, cols: usize, rs: isize, cs: isize) -> MatRef<T> {
+    MatRef {
+        ptr: data.as_ptr(),
+        rows,
+        cols,
+        rs,
+        cs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::dispatch::available;
+    use crate::kernels::frame::epilogue::{activate, Activation};
+    use crate::kernels::frame::gemv::gemv_with;
+    use crate::kernels::generic::mmm::reference_gemm_f64;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        crate::kernels::testing::uniform(n, seed, -1.0, 1.0)
+    }
+
+    fn kinds() -> Vec<KernelKind> {
+        let mut out: Vec<KernelKind> = available()
+            .into_iter()
+            .map(|isa| KernelKind::F32 { isa })
+            .collect();
+        if cpu().avx512_bf16 && available().contains(&Isa::Avx512) {
+            out.push(KernelKind::Bf16Avx512);
+        }
+        out
+    }
+
+    fn check(m: usize, k: usize, n: usize, kind: KernelKind, transposed_b: bool) {
+        let a = values(m * k, 1 + m as u64);
+        // A is read through a transposed view: element (i, p) at p*m + i.
+        let a_t: Vec<f32> = (0..k * m).map(|idx| a[(idx % m) * k + idx / m]).collect();
+        let av = MatRef {
+            ptr: a_t.as_ptr(),
+            rows: m,
+            cols: k,
+            rs: 1,
+            cs: m as isize,
+        };
+        let b = values(k * n, 7 + n as u64);
+        let bias = values(n, 3);
+        let bv = if transposed_b {
+            // Stored N × K (weights layout).
+            let bt: Vec<f32> = (0..n * k).map(|idx| b[(idx % k) * n + idx / k]).collect();
+            (bt, 1isize, k as isize)
+        } else {
+            (b.clone(), n as isize, 1isize)
+        };
+        let bref = MatRef {
+            ptr: bv.0.as_ptr(),
+            rows: k,
+            cols: n,
+            rs: bv.1,
+            cs: bv.2,
+        };
+        let bf: Vec<half::bf16> = bv.0.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let bbf = MatRef {
+            ptr: bf.as_ptr(),
+            rows: k,
+            cols: n,
+            rs: bv.1,
+            cs: bv.2,
+        };
+        let bf16_kernel = kind == KernelKind::Bf16Avx512;
+        let round = |x: f32| {
+            if bf16_kernel {
+                half::bf16::from_f32(x).to_f32()
+            } else {
+                x
+            }
+        };
+        let reference = reference_gemm_f64(
+            m,
+            n,
+            k,
+            |i, p| round(a[i * k + p]),
+            |p, j| {
+                if bf16_kernel {
+                    half::bf16::from_f32(b[p * n + j]).to_f32()
+                } else {
+                    b[p * n + j]
+                }
+            },
+        );
+        let scale = reference_gemm_f64(
+            m,
+            n,
+            k,
+            |i, p| a[i * k + p].abs(),
+            |p, j| b[p * n + j].abs(),
+        );
+        let epi = Epilogue {
+            bias: Some(&bias),
+            activation: Some(Activation::Gelu),
+            residual: None,
+        };
+        let src = if bf16_kernel {
+            BSource::BF16(bbf)
+        } else {
+            BSource::F32(bref)
+        };
+        let mut c = vec![f32::NAN; m * n];
+        if m <= crate::kernels::frame::gemv::MAX_ROWS && !bf16_kernel {
+            let KernelKind::F32 { isa } = kind else {
+                unreachable!()
+            };
+            gemv_with(isa, av, src, &mut c, n, &epi).unwrap();
+        } else {
+            gemm_with(kind, av, src, &mut c, n, &epi);
+        }
+        for i in 0..m {
+            for j in 0..n {
+                let want = activate(
+                    (reference[i * n + j] + bias[j] as f64) as f32,
+                    Activation::Gelu,
+                ) as f64;
+                let tol = 1e-6 + 4.0 * f32::EPSILON as f64 * (k as f64).sqrt() * scale[i * n + j];
+                let got = c[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{kind:?} {m}x{k}x{n} t={transposed_b} at ({i},{j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_on_odd_shapes() {
+        for kind in kinds() {
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (3, 7, 5),
+                (9, 17, 33),
+                (13, 33, 7),
+                (33, 300, 65),
+                (127, 257, 40),
+            ] {
+                for t in [false, true] {
+                    check(m, k, n, kind, t);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prepacked_equals_unpacked() {
+        let (m, k, n) = (20, 300, 45);
+        let a = values(m * k, 5);
+        let w = values(n * k, 6); // N × K weights
+        let av = MatRef {
+            ptr: a.as_ptr(),
+            rows: m,
+            cols: k,
+            rs: k as isize,
+            cs: 1,
+        };
+        let bv = MatRef {
+            ptr: w.as_ptr(),
+            rows: k,
+            cols: n,
+            rs: 1,
+            cs: k as isize,
+        };
+        let packed = pack_b_for_reuse(BSource::F32(bv)).unwrap();
+        for rows in [m, 3] {
+            let a_rows = MatRef { rows, ..av };
+            let mut c1 = vec![0f32; rows * n];
+            let mut c2 = vec![0f32; rows * n];
+            gemm(a_rows, BSource::F32(bv), &mut c1, n, &Epilogue::default()).unwrap();
+            gemm(
+                a_rows,
+                BSource::Packed(&packed),
+                &mut c2,
+                n,
+                &Epilogue::default(),
+            )
+            .unwrap();
+            for (x, y) in c1.iter().zip(&c2) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Small-M GEMM (1–8 rows: the decode case). Memory-bound: B is streamed
+//! exactly once, in its stored order, with the few rows of A held in cache:
+//! - B row-major (K×N, numpy `a @ b`): each row of B is an axpy into a strip of C;
+//! - B as transposed weights (HF `Linear`, W is N×K): dot products along W's rows;
+//! - B pre-packed: the packed panels, in order.
+//!
+//! Bodies are written once (`#[inline(always)]`, fixed-width lane arrays that LLVM
+//! vectorizes) and instantiated per ISA through `#[target_feature]` wrappers.
+
+use half::bf16;
+
+use crate::error::{Error, Result};
+use crate::kernels::dispatch::{isa, Isa};
+use crate::kernels::frame::epilogue::{apply_row, Epilogue};
+use crate::kernels::frame::gemm::{BSource, COut, KernelKind, PackedB, KC};
+use crate::kernels::frame::pack::{MatRef, WeightElement};
+use crate::kernels::frame::threads::{num_threads, parallel_for};
+
+/// Largest M handled here.
+pub const MAX_ROWS: usize = 8;
+const LANES: usize = 16;
+
+/// The packed-A rows (M × K contiguous f32) and what the task computes.
+struct Job<'a> {
+    m: usize,
+    k: usize,
+    a: &'a [f32],
+    out: COut,
+}
+
+/// Rows of B consumed per sweep over the columns: that many sequential streams.
+const KB: usize = 8;
+
+/// C[:, j0..j1] = A · B[:, j0..j1] for B row-major (cs == 1). Sweeps of KB rows
+/// of B across the columns, accumulating into C (which stays in L1/L2), so B
+/// is read as KB sequential streams, each byte once.
+#[inline(always)]
+fn kn_strip<T: WeightElement, const M: usize, const W: usize>(
+    job: &Job<'_>,
+    b: MatRef<T>,
+    j0: usize,
+    j1: usize,
+    _accumulate: bool,
+) {
+    let k = job.k;
+    for p0 in (0..k).step_by(KB) {
+        let kb = KB.min(k - p0);
+        let mut j = j0;
+        while j < j1 {
+            let w = W.min(j1 - j);
+            let mut acc = [[0f32; W]; M];
+            for p in p0..p0 + kb {
+                // SAFETY: row p, columns j..j+w are inside the K × N view.
+                let row = unsafe {
+                    std::slice::from_raw_parts(b.ptr.offset(p as isize * b.rs + j as isize), w)
+                };
+                if w == W {
+                    let mut bv = [0f32; W];
+                    for (d, s) in bv.iter_mut().zip(row) {
+                        *d = s.to_f32();
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let av = job.a[r * k + p];
+                        for l in 0..W {
+                            acc_r[l] += av * bv[l];
+                        }
+                    }
+                } else {
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let av = job.a[r * k + p];
+                        for (l, s) in row.iter().enumerate() {
+                            acc_r[l] += av * s.to_f32();
+                        }
+                    }
+                }
+            }
+            store(job, &acc, j, w, p0 > 0);
+            j += w;
+        }
+    }
+}
+
+#[inline(always)]
+fn store<const W: usize>(job: &Job<'_>, acc: &[[f32; W]], j: usize, w: usize, accumulate: bool) {
+    for (r, acc_r) in acc.iter().enumerate().take(job.m) {
+        // SAFETY: row r, columns j..j+w of C are inside the output and written by this task only.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(job.out.ptr.add(r * job.out.ldc + j), w) };
+        for (d, &v) in dst.iter_mut().zip(acc_r.iter()) {
+            *d = if accumulate { *d + v } else { v };
+        }
+    }
+}
+
+/// C[:, j0..j1] = A · Wᵀ[:, j0..j1] for transposed weights (B rs == 1: W row j at j*cs).
+#[inline(always)]
+fn nk_cols<T: WeightElement, const M: usize, const J: usize>(
+    job: &Job<'_>,
+    b: MatRef<T>,
+    j0: usize,
+    j1: usize,
+) {
+    let k = job.k;
+    let full = k / LANES * LANES;
+    let mut j = j0;
+    while j < j1 {
+        let jn = J.min(j1 - j);
+        let mut acc = [[[0f32; LANES]; J]; M];
+        let mut tail = [[0f32; J]; M];
+        // SAFETY: rows j..j+jn of W (columns of B) have k elements each.
+        let rows: [&[T]; J] = std::array::from_fn(|jj| unsafe {
+            std::slice::from_raw_parts(b.ptr.offset((j + jj.min(jn - 1)) as isize * b.cs), k)
+        });
+        let mut p = 0;
+        while p < full {
+            let mut wv = [[0f32; LANES]; J];
+            for (jj, w) in wv.iter_mut().enumerate() {
+                for l in 0..LANES {
+                    w[l] = rows[jj][p + l].to_f32();
+                }
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = &job.a[r * k + p..r * k + p + LANES];
+                for (jj, w) in wv.iter().enumerate() {
+                    for l in 0..LANES {
+                        acc_r[jj][l] += av[l] * w[l];
+                    }
+                }
+            }
+            p += LANES;
+        }
+        for (r, t) in tail.iter_mut().enumerate() {
+            let a_tail = &job.a[r * k + full..r * k + k];
+            for (tv, row) in t.iter_mut().zip(&rows) {
+                *tv += a_tail
+                    .iter()
+                    .zip(&row[full..])
+                    .map(|(&x, w)| x * w.to_f32())
+                    .sum::<f32>();
+            }
+        }
+        for r in 0..M {
+            for jj in 0..jn {
+                let v = acc[r][jj].iter().sum::<f32>() + tail[r][jj];
+                // SAFETY: (r, j+jj) is inside C and written by this task only.
+                unsafe { *job.out.ptr.add(r * job.out.ldc + j + jj) = v };
+            }
+        }
+        j += jn;
+    }
+}
+
+/// C[:, panels] from pre-packed f32 panels (each kc × nr, k-major).
+#[inline(always)]
+fn packed_f32<const M: usize, const NR: usize>(
+    job: &Job<'_>,
+    p: &PackedB,
+    panel_lo: usize,
+    panel_hi: usize,
+) {
+    for pc in (0..job.k).step_by(KC) {
+        let kc = KC.min(job.k - pc);
+        for panel in panel_lo..panel_hi {
+            let at = p.panel_offset(pc, panel * NR);
+            let data = &p.f32_data[at..at + kc * NR];
+            let j = panel * NR;
+            let w = NR.min(p.n - j);
+            let mut acc = [[0f32; NR]; M];
+            for q in 0..kc {
+                let bv = &data[q * NR..q * NR + NR];
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = job.a[r * job.k + pc + q];
+                    for l in 0..NR {
+                        acc_r[l] += av * bv[l];
+                    }
+                }
+            }
+            store(job, &acc, j, w, pc > 0);
+        }
+    }
+}
+
+/// C[:, panels] from pre-packed bf16 k-pair panels (kp × nr × 2).
+#[inline(always)]
+fn packed_bf16<const M: usize, const NR: usize>(
+    job: &Job<'_>,
+    p: &PackedB,
+    panel_lo: usize,
+    panel_hi: usize,
+) {
+    for pc in (0..job.k).step_by(KC) {
+        let kc = KC.min(job.k - pc);
+        let kp = kc.div_ceil(2);
+        for panel in panel_lo..panel_hi {
+            let at = p.panel_offset(pc, panel * NR);
+            let data = &p.bf16_data[at..at + kp * NR * 2];
+            let j = panel * NR;
+            let w = NR.min(p.n - j);
+            let mut acc = [[0f32; NR]; M];
+            for q in 0..kp {
+                let pair = &data[q * NR * 2..(q + 1) * NR * 2];
+                let mut b0 = [0f32; NR];
+                let mut b1 = [0f32; NR];
+                for l in 0..NR {
+                    b0[l] = bf16::from_bits(pair[2 * l]).to_f32();
+                    b1[l] = bf16::from_bits(pair[2 * l + 1]).to_f32();
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let a0 = job.a[r * job.k + pc + 2 * q];
+                    let a1 = if 2 * q + 1 < kc {
+                        job.a[r * job.k + pc + 2 * q + 1]
+                    } else {
+                        0.0
+                    };
+                    for l in 0..NR {
+                        acc_r[l] += a0 * b0[l] + a1 * b1[l];
+                    }
+                }
+            }
+            store(job, &acc, j, w, pc > 0);
+        }
+    }
+}
+
+/// What one task computes: columns [j0, j1) (or packed panels [j0, j1)).
+#[derive(Copy, Clone)]
+enum Form<'a> {
+    KnF32(MatRef<f32>),
+    KnBf16(MatRef<bf16>),
+    KnF16(MatRef<half::f16>),
+    NkF32(MatRef<f32>),
+    NkBf16(MatRef<bf16>),
+    NkF16(MatRef<half::f16>),
+    Packed(&'a PackedB),
+}
+
+#[inline(always)]
+fn run_m<const M: usize>(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
+    match form {
+        Form::KnF32(b) => kn_strip::<f32, M, 64>(job, b, j0, j1, false),
+        Form::KnBf16(b) => kn_strip::<bf16, M, 64>(job, b, j0, j1, false),
+        Form::KnF16(b) => kn_strip::<half::f16, M, 64>(job, b, j0, j1, false),
+        Form::NkF32(b) => nk_cols::<f32, M, 4>(job, b, j0, j1),
+        Form::NkBf16(b) => nk_cols::<bf16, M, 4>(job, b, j0, j1),
+        Form::NkF16(b) => nk_cols::<half::f16, M, 4>(job, b, j0, j1),
+        Form::Packed(p) => match (p.kind, p.kind.mr_nr().1) {
+            (KernelKind::Bf16Avx512, 32) => packed_bf16::<M, 32>(job, p, j0, j1),
+            (_, 32) => packed_f32::<M, 32>(job, p, j0, j1),
+            (_, 16) => packed_f32::<M, 16>(job, p, j0, j1),
+            _ => packed_f32::<M, 8>(job, p, j0, j1),
+        },
+    }
+}
+
+#[inline(always)]
+fn run_body(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
+    match job.m {
+        1 => run_m::<1>(job, form, j0, j1),
+        2 => run_m::<2>(job, form, j0, j1),
+        3 => run_m::<3>(job, form, j0, j1),
+        4 => run_m::<4>(job, form, j0, j1),
+        5 => run_m::<5>(job, form, j0, j1),
+        6 => run_m::<6>(job, form, j0, j1),
+        7 => run_m::<7>(job, form, j0, j1),
+        _ => run_m::<8>(job, form, j0, j1),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma,f16c")]
+unsafe fn run_avx512(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
+    run_body(job, form, j0, j1)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
+    run_body(job, form, j0, j1)
+}
+
+fn run(isa: Isa, job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512 is only current after dispatch confirmed AVX-512 (F16C comes with it).
+        Isa::Avx512 => unsafe { run_avx512(job, form, j0, j1) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only current after dispatch confirmed AVX2 + FMA (+ F16C on such CPUs).
+        Isa::Avx2 => unsafe { run_avx2(job, form, j0, j1) },
+        _ => run_body(job, form, j0, j1),
+    }
+}
+
+/// C = A · B (+ epilogue) for M ≤ 8.
+pub fn gemv(
+    a: MatRef<f32>,
+    b: BSource<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue<'_>,
+) -> Result<()> {
+    gemv_with(isa(), a, b, c, ldc, epi)
+}
+
+/// `gemv` at an explicit ISA tier (tests run every tier side by side).
+pub(crate) fn gemv_with(
+    isa: Isa,
+    a: MatRef<f32>,
+    b: BSource<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue<'_>,
+) -> Result<()> {
+    let (m, k) = (a.rows, a.cols);
+    if m > MAX_ROWS {
+        return Err(Error::Internal(format!("gemv called with {m} rows")));
+    }
+    let n = match b {
+        BSource::F32(b) => b.cols,
+        BSource::BF16(b) => b.cols,
+        BSource::F16(b) => b.cols,
+        BSource::Packed(p) => p.n,
+    };
+    // A's few rows, contiguous.
+    let mut a_rows = vec![0f32; m * k];
+    for i in 0..m {
+        for p in 0..k {
+            // SAFETY: (i, p) is inside the M × K view.
+            a_rows[i * k + p] = unsafe { a.at(i, p) };
+        }
+    }
+    // B with unusual strides is made row-major first (rare: views with both strides > 1).
+    let owned: Vec<f32>;
+    let form = match b {
+        BSource::F32(b) if b.cs == 1 => Form::KnF32(b),
+        BSource::F32(b) if b.rs == 1 => Form::NkF32(b),
+        BSource::BF16(b) if b.cs == 1 => Form::KnBf16(b),
+        BSource::BF16(b) if b.rs == 1 => Form::NkBf16(b),
+        BSource::F16(b) if b.cs == 1 => Form::KnF16(b),
+        BSource::F16(b) if b.rs == 1 => Form::NkF16(b),
+        BSource::Packed(p) => Form::Packed(p),
+        other => {
+            let mut dense = vec![0f32; k * n];
+            for p in 0..k {
+                for j in 0..n {
+                    // SAFETY: (p, j) is inside the K × N view.
+                    dense[p * n + j] = unsafe {
+                        match other {
+                            BSource::F32(b) => b.at(p, j),
+                            BSource::BF16(b) => b.at(p, j).to_f32(),
+                            BSource::F16(b) => b.at(p, j).to_f32(),
+                            BSource::Packed(_) => 0.0,
+                        }
+                    };
+                }
+            }
+            owned = dense;
+            Form::KnF32(MatRef {
+                ptr: owned.as_ptr(),
+                rows: k,
+                cols: n,
+                rs: n as isize,
+                cs: 1,
+            })
+        }
+    };
+    let job = Job {
+        m,
+        k,
+        a: &a_rows,
+        out: COut {
+            ptr: c.as_mut_ptr(),
+            ldc,
+        },
+    };
+    // Split columns (or packed panels) across threads in chunks that keep SIMD strips whole.
+    let (units, unit_cols) = match form {
+        Form::Packed(p) => {
+            let nr = p.kind.mr_nr().1;
+            (n.div_ceil(nr), nr)
+        }
+        _ => (n, 1),
+    };
+    let threads = if (n * k) < 64 * 1024 {
+        1
+    } else {
+        num_threads()
+    };
+    let chunk = if threads <= 1 {
+        units
+    } else {
+        units
+            .div_ceil(4 * threads)
+            .next_multiple_of(64 / unit_cols.min(64))
+            .max(1)
+    };
+    let tasks = units.div_ceil(chunk);
+    parallel_for(tasks, |t| {
+        let u0 = t * chunk;
+        let u1 = (u0 + chunk).min(units);
+        run(isa, &job, form, u0, u1);
+        if !epi.is_identity() {
+            let (j0, j1) = (u0 * unit_cols, (u1 * unit_cols).min(n));
+            for i in 0..m {
+                // SAFETY: columns j0..j1 of row i belong to this task.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(job.out.ptr.add(i * ldc + j0), j1 - j0)
+                };
+                apply_row(row, i, j0, epi);
+            }
+        }
+    });
+    Ok(())
+}

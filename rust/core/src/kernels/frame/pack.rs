@@ -1,0 +1,265 @@
+//! Packing: copies a block of A or B into the panel layout the micro-kernels
+//! read sequentially, converting the element type on the way (bf16/f16 weights
+//! become f32 for the f32 kernels, or stay bf16 pairs for the bf16 kernel).
+//! Panels are zero-padded to full MR/NR so kernels never branch on edges.
+
+use half::{bf16, f16};
+
+/// A strided read-only matrix view: element (i, j) is at `ptr + i*rs + j*cs`.
+#[derive(Copy, Clone, Debug)]
+pub struct MatRef<T> {
+    pub ptr: *const T,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: a MatRef is only a description of read-only memory; creators promise
+// the memory stays valid and unmodified while kernels read it from any thread.
+unsafe impl<T: Sync> Send for MatRef<T> {}
+// SAFETY: as above: shared, read-only access.
+unsafe impl<T: Sync> Sync for MatRef<T> {}
+
+impl<T: Copy> MatRef<T> {
+    /// # Safety
+    /// (i, j) must be inside the matrix the view was created over.
+    #[inline(always)]
+    pub unsafe fn at(&self, i: usize, j: usize) -> T {
+        // SAFETY: the caller keeps (i, j) in bounds of a view over valid memory.
+        unsafe { *self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
+    }
+
+    /// The sub-matrix starting at (i, j).
+    pub fn sub(&self, i: usize, j: usize, rows: usize, cols: usize) -> MatRef<T> {
+        MatRef {
+            ptr: self
+                .ptr
+                .wrapping_offset(i as isize * self.rs + j as isize * self.cs),
+            rows,
+            cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+}
+
+/// Element types B may hold; packed to f32.
+pub trait WeightElement: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+}
+impl WeightElement for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl WeightElement for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+impl WeightElement for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// Packs `a` (mc × kc) into panels of `mr` rows: panel r holds rows r*mr.., laid
+/// out k-major (`out[p*mr + i]`). `out` must hold ceil(mc/mr)*mr*kc values.
+pub fn pack_a(a: MatRef<f32>, mr: usize, out: &mut [f32]) {
+    let (mc, kc) = (a.rows, a.cols);
+    for (panel, chunk) in out.chunks_mut(mr * kc).enumerate().take(mc.div_ceil(mr)) {
+        let row0 = panel * mr;
+        let rows = mr.min(mc - row0);
+        if a.cs == 1 {
+            for i in 0..rows {
+                // SAFETY: row row0+i < mc and columns 0..kc are inside the view.
+                let src = unsafe {
+                    std::slice::from_raw_parts(a.ptr.offset((row0 + i) as isize * a.rs), kc)
+                };
+                for (p, &v) in src.iter().enumerate() {
+                    chunk[p * mr + i] = v;
+                }
+            }
+        } else {
+            for p in 0..kc {
+                for i in 0..rows {
+                    // SAFETY: (row0+i, p) is inside the mc × kc view.
+                    chunk[p * mr + i] = unsafe { a.at(row0 + i, p) };
+                }
+            }
+        }
+        for p in 0..kc {
+            for i in rows..mr {
+                chunk[p * mr + i] = 0.0;
+            }
+        }
+    }
+}
+
+/// Packs `b` (kc × nc) into panels of `nr` columns, k-major (`out[p*nr + j]`),
+/// converting to f32. `out` must hold ceil(nc/nr)*nr*kc values.
+pub fn pack_b<T: WeightElement>(b: MatRef<T>, nr: usize, out: &mut [f32]) {
+    let (kc, nc) = (b.rows, b.cols);
+    for (panel, chunk) in out.chunks_mut(nr * kc).enumerate().take(nc.div_ceil(nr)) {
+        pack_b_panel(b, panel * nr, nr, chunk);
+    }
+}
+
+/// Packs one panel of `nr` columns starting at column `col0`.
+pub fn pack_b_panel<T: WeightElement>(b: MatRef<T>, col0: usize, nr: usize, out: &mut [f32]) {
+    let (kc, nc) = (b.rows, b.cols);
+    let cols = nr.min(nc - col0);
+    if b.cs == 1 {
+        for p in 0..kc {
+            // SAFETY: row p < kc and columns col0..col0+cols are inside the view.
+            let src = unsafe {
+                std::slice::from_raw_parts(b.ptr.offset(p as isize * b.rs + col0 as isize), cols)
+            };
+            let dst = &mut out[p * nr..p * nr + nr];
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s.to_f32();
+            }
+            dst[cols..].fill(0.0);
+        }
+    } else {
+        for j in 0..cols {
+            for p in 0..kc {
+                // SAFETY: (p, col0+j) is inside the kc × nc view.
+                out[p * nr + j] = unsafe { b.at(p, col0 + j) }.to_f32();
+            }
+        }
+        for p in 0..kc {
+            out[p * nr + cols..p * nr + nr].fill(0.0);
+        }
+    }
+}
+
+/// Round-to-nearest-even f32 -> bf16 bits (NaN stays a quiet NaN); branch-free
+/// so packing loops vectorize.
+#[inline(always)]
+pub fn f32_to_bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+    let nan = ((bits >> 16) as u16) | 0x0040;
+    if x.is_nan() {
+        nan
+    } else {
+        rounded
+    }
+}
+
+/// Packs `a` (mc × kc) for the bf16 kernel: panels of `mr` rows, each k-pair of
+/// a row as one u32 (`lo` = k even, `hi` = k odd): `out[(p/2)*mr + i]`.
+pub fn pack_a_bf16_pairs(a: MatRef<f32>, mr: usize, out: &mut [u32]) {
+    let (mc, kc) = (a.rows, a.cols);
+    let kp = kc.div_ceil(2);
+    for (panel, chunk) in out.chunks_mut(mr * kp).enumerate().take(mc.div_ceil(mr)) {
+        let row0 = panel * mr;
+        let rows = mr.min(mc - row0);
+        chunk.fill(0);
+        for i in 0..rows {
+            if a.cs == 1 {
+                // SAFETY: row row0+i < mc, columns 0..kc are inside the view.
+                let src = unsafe {
+                    std::slice::from_raw_parts(a.ptr.offset((row0 + i) as isize * a.rs), kc)
+                };
+                for (q, pair) in src.chunks(2).enumerate() {
+                    let lo = f32_to_bf16_bits(pair[0]) as u32;
+                    let hi = pair.get(1).map_or(0, |&v| f32_to_bf16_bits(v) as u32);
+                    chunk[q * mr + i] = lo | hi << 16;
+                }
+            } else {
+                for q in 0..kp {
+                    // SAFETY: (row0+i, 2q) and (row0+i, 2q+1) (when < kc) are inside the view.
+                    let lo = f32_to_bf16_bits(unsafe { a.at(row0 + i, 2 * q) }) as u32;
+                    let hi = if 2 * q + 1 < kc {
+                        // SAFETY: as above.
+                        f32_to_bf16_bits(unsafe { a.at(row0 + i, 2 * q + 1) }) as u32
+                    } else {
+                        0
+                    };
+                    chunk[q * mr + i] = lo | hi << 16;
+                }
+            }
+        }
+    }
+}
+
+/// Packs bf16 `b` (kc × nc) in k-pairs for `vdpbf16ps`: for each pair q and
+/// column j, two bf16 (k=2q, 2q+1) at `out[(q*nr + j)*2 ..]`.
+pub fn pack_b_bf16_pairs(b: MatRef<bf16>, nr: usize, out: &mut [u16]) {
+    let (kc, nc) = (b.rows, b.cols);
+    let kp = kc.div_ceil(2);
+    for (panel, chunk) in out
+        .chunks_mut(nr * kp * 2)
+        .enumerate()
+        .take(nc.div_ceil(nr))
+    {
+        let col0 = panel * nr;
+        let cols = nr.min(nc - col0);
+        for q in 0..kp {
+            let dst = &mut chunk[q * nr * 2..(q + 1) * nr * 2];
+            if b.cs == 1 {
+                // Row-major B: interleave two row segments (vectorizes to shuffles).
+                let row = |p: usize| -> &[bf16] {
+                    // SAFETY: row p < kc, columns col0..col0+cols are inside the view.
+                    unsafe {
+                        std::slice::from_raw_parts(
+                            b.ptr.offset(p as isize * b.rs + col0 as isize),
+                            cols,
+                        )
+                    }
+                };
+                let r0 = row(2 * q);
+                let r1 = if 2 * q + 1 < kc {
+                    Some(row(2 * q + 1))
+                } else {
+                    None
+                };
+                for (j, pair) in dst.chunks_exact_mut(2).take(cols).enumerate() {
+                    pair[0] = r0[j].to_bits();
+                    pair[1] = r1.map_or(0, |r| r[j].to_bits());
+                }
+                dst[cols * 2..].fill(0);
+            } else {
+                for j in 0..nr {
+                    let c = col0 + j;
+                    for h in 0..2 {
+                        let p = 2 * q + h;
+                        dst[j * 2 + h] = if c < nc && p < kc {
+                            // SAFETY: (p, c) checked inside the view just above.
+                            unsafe { b.at(p, c) }.to_bits()
+                        } else {
+                            0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_the_half_crate() {
+        let mut x = 1u32;
+        for _ in 0..200_000 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let v = f32::from_bits(x);
+            let want = bf16::from_f32(v);
+            let got = f32_to_bf16_bits(v);
+            if v.is_nan() {
+                assert!(bf16::from_bits(got).is_nan());
+            } else {
+                assert_eq!(got, want.to_bits(), "{v:e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Measured peak arithmetic throughput of this machine (GFLOP/s), per thread
+//! count, for f32 FMA and bf16 dot products.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::kernels::dispatch::{cpu, Isa};
+use crate::kernels::frame::threads::parallel_for;
+
+/// Which probe to run.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PeakKind {
+    F32Fma,
+    Bf16Dot,
+}
+
+/// Runs the probe on `threads` threads of the pool at ISA `isa`; returns GFLOP/s.
+pub fn peak_gflops(kind: PeakKind, isa: Isa) -> Result<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::x86_64::peak;
+        let (flops_per_iter, run): (f64, fn(u64) -> f32) = match (kind, isa) {
+            (PeakKind::F32Fma, Isa::Avx512) if cpu().avx512 => {
+                // SAFETY: the guard checked AVX-512 on this CPU.
+                (24.0 * 16.0 * 2.0, |n| unsafe { peak::avx512_fma_f32(n) })
+            }
+            (PeakKind::F32Fma, Isa::Avx2) if cpu().avx2_fma => {
+                // SAFETY: the guard checked AVX2 + FMA on this CPU.
+                (12.0 * 8.0 * 2.0, |n| unsafe { peak::avx2_fma_f32(n) })
+            }
+            (PeakKind::Bf16Dot, Isa::Avx512) if cpu().avx512_bf16 => {
+                // SAFETY: the guard checked AVX512_BF16 on this CPU.
+                (24.0 * 16.0 * 4.0, |n| unsafe { peak::avx512_dot_bf16(n) })
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "peak probe {kind:?} at ISA {} is not available on this CPU",
+                    isa.name()
+                )))
+            }
+        };
+        let threads = crate::kernels::num_threads();
+        run(1_000_000); // warm up clocks
+        let iters = 20_000_000u64;
+        let start = Instant::now();
+        let sink = std::sync::atomic::AtomicU32::new(0);
+        parallel_for(threads, |_| {
+            let v = run(iters);
+            sink.fetch_add(v.to_bits() & 1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let secs = start.elapsed().as_secs_f64();
+        Ok(flops_per_iter * iters as f64 * threads as f64 / secs / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kind, isa);
+        Err(Error::Unsupported(
+            "peak probes exist for x86_64 only".into(),
+        ))
+    }
+}

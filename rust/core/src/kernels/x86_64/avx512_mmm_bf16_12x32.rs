@@ -1,0 +1,53 @@
+//! AVX512_BF16 micro-kernel: bf16 A and B pairs, f32 accumulation with
+//! `vdpbf16ps` (two multiply-adds per lane per instruction). 12×32 tile.
+
+use std::arch::x86_64::*;
+
+pub const MR: usize = 12;
+pub const NR: usize = 32;
+
+/// C[0..12, 0..32] (+)= A · B over `kp` k-pairs. `a` holds `kp*12` u32 (a bf16
+/// pair per row), `b` holds `kp*32*2` bf16 (a pair per column).
+///
+/// # Safety
+/// The CPU supports AVX-512F + AVX512_BF16; buffers as described; `c` points to
+/// a writable 12 × 32 tile with row stride `ldc`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn avx512_mmm_bf16_12x32(
+    kp: usize,
+    a: *const u32,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kp {
+        // SAFETY: a and b advance by one k-pair within the packed panels.
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(32).cast()));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+            }
+            a = a.add(MR);
+            b = b.add(NR * 2);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row i of the tile is 32 writable floats at c + i*ldc.
+        unsafe {
+            let dst = c.add(i * ldc);
+            let (mut v0, mut v1) = (row[0], row[1]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst.add(16)));
+            }
+            _mm512_storeu_ps(dst, v0);
+            _mm512_storeu_ps(dst.add(16), v1);
+        }
+    }
+}

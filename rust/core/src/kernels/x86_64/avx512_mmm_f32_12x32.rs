@@ -1,0 +1,53 @@
+//! AVX-512 f32 micro-kernel: a 12×32 tile of C in 24 zmm accumulators. Per k:
+//! two 16-wide loads of packed B and 12 broadcasts of packed A (folded into
+//! the FMAs as embedded broadcasts), 24 FMAs.
+
+use std::arch::x86_64::*;
+
+pub const MR: usize = 12;
+pub const NR: usize = 32;
+
+/// C[0..12, 0..32] (+)= A_panel (k × 12, k-major) · B_panel (k × 32, k-major).
+///
+/// # Safety
+/// The CPU supports AVX-512F + FMA; `a` holds `k*12`, `b` holds `k*32` floats;
+/// `c` points to a 12 × 32 tile with row stride `ldc` (writable).
+#[target_feature(enable = "avx512f,fma")]
+pub unsafe fn avx512_mmm_f32_12x32(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..k {
+        // SAFETY: a and b advance by one k-step within the packed panels (k steps total).
+        unsafe {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row i of the 12 × 32 tile is 32 writable floats at c + i*ldc.
+        unsafe {
+            let dst = c.add(i * ldc);
+            let (mut v0, mut v1) = (row[0], row[1]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst.add(16)));
+            }
+            _mm512_storeu_ps(dst, v0);
+            _mm512_storeu_ps(dst.add(16), v1);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Fused scaled-dot-product attention: `softmax(q kᵀ · scale + mask) v` with
+//! causal and key-padding masks and grouped-query heads, computed tile by tile
+//! with an online softmax (see `kernels::frame::attention`) so memory stays
+//! O(seq), never O(seq_q × seq_k).
+//!
+//! Layouts (the Hugging Face "BSHD" order): q [batch, seq_q, heads_q, head_dim],
+//! k [batch, seq_k, heads_kv, head_dim], v [batch, seq_k, heads_kv, head_dim_v];
+//! output f32 [batch, seq_q, heads_q, head_dim_v], contiguous. Any strides are
+//! read in place as long as the last dimension is contiguous; otherwise that
+//! input is copied once. f16 and bf16 inputs are converted to f32 up front (one
+//! copy of that input); accumulation is always f32.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::kernels::frame::attention::{attention_f32, AttentionProblem, StridedRows};
+use crate::kernels::{self, Isa};
+use crate::storage::{AlignedBuffer, Storage};
+use crate::tensor::Tensor;
+
+const OP: &str = "attention";
+
+/// Options of [`attention`].
+#[derive(Clone, Debug, Default)]
+pub struct AttentionOptions {
+    /// Query i may attend key j only if j <= i + (seq_k - seq_q): bottom-right
+    /// aligned, so with a KV cache (seq_q < seq_k) the new queries see the whole past.
+    pub causal: bool,
+    /// Multiplies q·k; default 1/sqrt(head_dim) (1 when head_dim is 0).
+    pub scale: Option<f32>,
+    /// [batch, seq_k], bool or integer: nonzero = attend (like HF `attention_mask`).
+    pub key_padding_mask: Option<Tensor>,
+}
+
+/// Attention with the ISA the runtime uses now ([`kernels::isa`]).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+    attention_with_isa(q, k, v, opts, kernels::isa())
+}
+
+/// Attention with the kernels of a given tier (tests and benchmarks compare tiers
+/// without touching the process-wide setting). Fails if the CPU lacks the tier.
+pub fn attention_with_isa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    isa: Isa,
+) -> Result<Tensor> {
+    if !isa.is_supported() {
+        return Err(Error::Unsupported(format!(
+            "{OP}: ISA {} is not supported by this CPU",
+            isa.name()
+        )));
+    }
+    let dims = check_shapes(q, k, v)?;
+    let (q, k, v) = (prepare(q, "q")?, prepare(k, "k")?, prepare(v, "v")?);
+    let key_valid = opts
+        .key_padding_mask
+        .as_ref()
+        .map(|m| mask_bytes(m, dims.batch, dims.seq_k))
+        .transpose()?;
+    let scale = opts.scale.unwrap_or(if dims.head_dim == 0 {
+        1.0
+    } else {
+        1.0 / (dims.head_dim as f32).sqrt()
+    });
+    let out_shape = [dims.batch, dims.seq_q, dims.heads_q, dims.head_dim_v];
+    let out_elems = out_shape.iter().product::<usize>();
+    let out_bytes = out_elems
+        .checked_mul(4)
+        .ok_or_else(|| Error::shape(OP, format!("output {out_shape:?} is too large")))?;
+    let mut buf = AlignedBuffer::zeroed(out_bytes)?;
+    let problem = AttentionProblem {
+        q: rows_of(&q)?,
+        k: rows_of(&k)?,
+        v: rows_of(&v)?,
+        batch: dims.batch,
+        seq_q: dims.seq_q,
+        seq_k: dims.seq_k,
+        heads_q: dims.heads_q,
+        heads_kv: dims.heads_kv,
+        scale,
+        causal: opts.causal,
+        key_valid: key_valid.as_deref(),
+    };
+    attention_f32(&problem, f32_slice_mut(buf.as_mut_slice())?, isa);
+    Tensor::from_storage(
+        std::sync::Arc::new(Storage::owned(buf)),
+        DType::F32,
+        &out_shape,
+    )
+}
+
+struct Dims {
+    batch: usize,
+    seq_q: usize,
+    seq_k: usize,
+    heads_q: usize,
+    heads_kv: usize,
+    head_dim: usize,
+    head_dim_v: usize,
+}
+
+fn check_shapes(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    let shapes = || format!("q {qs:?}, k {ks:?}, v {vs:?}");
+    if qs.len() != 4 || ks.len() != 4 || vs.len() != 4 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "q, k, v must be 4-D [batch, seq, heads, head_dim], got {}",
+                shapes()
+            ),
+        ));
+    }
+    let mismatch = |what: &str| Error::shape(OP, format!("{what}: {}", shapes()));
+    if ks[0] != qs[0] || vs[0] != qs[0] {
+        return Err(mismatch("batch sizes differ"));
+    }
+    if vs[1] != ks[1] {
+        return Err(mismatch("k and v have different sequence lengths"));
+    }
+    if vs[2] != ks[2] {
+        return Err(mismatch("k and v have different head counts"));
+    }
+    if ks[3] != qs[3] {
+        return Err(mismatch("q and k have different head_dim"));
+    }
+    let (heads_q, heads_kv) = (qs[2], ks[2]);
+    if (heads_kv == 0 && heads_q != 0) || (heads_kv != 0 && heads_q % heads_kv != 0) {
+        return Err(mismatch(&format!(
+            "heads_q ({heads_q}) must be a multiple of heads_kv ({heads_kv})"
+        )));
+    }
+    Ok(Dims {
+        batch: qs[0],
+        seq_q: qs[1],
+        seq_k: ks[1],
+        heads_q,
+        heads_kv,
+        head_dim: qs[3],
+        head_dim_v: vs[3],
+    })
+}
+
+/// f32 with a contiguous last dimension: converted or copied only when needed.
+fn prepare(t: &Tensor, name: &str) -> Result<Tensor> {
+    let t = match t.dtype() {
+        DType::F32 => t.clone(),
+        DType::F16 | DType::BF16 => t.cast(DType::F32)?,
+        other => {
+            return Err(Error::dtype(
+                OP,
+                format!(
+                    "{name} must be f32, f16 or bf16, got {other} (shape {:?})",
+                    t.shape()
+                ),
+            ))
+        }
+    };
+    if t.shape()[3] > 1 && t.strides()[3] != 1 {
+        return t.contiguous();
+    }
+    Ok(t)
+}
+
+/// The key-padding mask as one byte per (batch, key), nonzero = attend.
+fn mask_bytes(mask: &Tensor, batch: usize, seq_k: usize) -> Result<Vec<u8>> {
+    if mask.dtype().is_float() {
+        return Err(Error::dtype(
+            OP,
+            format!(
+                "key_padding_mask must be bool or integer (nonzero = attend), got {}",
+                mask.dtype()
+            ),
+        ));
+    }
+    if mask.shape() != [batch, seq_k] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "key_padding_mask must be [batch, seq_k] = [{batch}, {seq_k}], got {:?}",
+                mask.shape()
+            ),
+        ));
+    }
+    mask.cast(DType::Bool)?.to_bytes()
+}
+
+fn rows_of(t: &Tensor) -> Result<StridedRows<'_>> {
+    let s = t.strides();
+    Ok(StridedRows {
+        data: f32_slice(t.storage().as_bytes())?,
+        offset: t.offset(),
+        strides: [s[0], s[1], s[2]],
+        dim: t.shape()[3],
+    })
+}
+
+fn f32_slice(bytes: &[u8]) -> Result<&[f32]> {
+    // SAFETY: every bit pattern is a valid f32; align_to only yields the aligned middle.
+    let (head, floats, _) = unsafe { bytes.align_to::<f32>() };
+    if !head.is_empty() {
+        return Err(Error::Internal(format!("{OP}: f32 storage is not aligned")));
+    }
+    Ok(floats)
+}
+
+fn f32_slice_mut(bytes: &mut [u8]) -> Result<&mut [f32]> {
+    let len = bytes.len();
+    // SAFETY: every bit pattern is a valid f32; align_to_mut only yields the aligned middle.
+    let (head, floats, _) = unsafe { bytes.align_to_mut::<f32>() };
+    if !head.is_empty() || floats.len() * 4 != len {
+        return Err(Error::Internal(format!(
+            "{OP}: output buffer is not aligned"
+        )));
+    }
+    Ok(floats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::dispatch;
+    use crate::kernels::generic::attention::attention_reference_f32;
+
+    /// Deterministic values in [-2, 2).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        crate::kernels::testing::uniform(n, seed, -2.0, 2.0)
+    }
+
+    fn tensor(shape: [usize; 4], seed: u64) -> Tensor {
+        Tensor::from_slice(&values(shape.iter().product(), seed), &shape).unwrap()
+    }
+
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Vec<f32> {
+        let dims = check_shapes(q, k, v).unwrap();
+        let (q, k, v) = (
+            prepare(q, "q").unwrap(),
+            prepare(k, "k").unwrap(),
+            prepare(v, "v").unwrap(),
+        );
+        let mask = opts
+            .key_padding_mask
+            .as_ref()
+            .map(|m| mask_bytes(m, dims.batch, dims.seq_k).unwrap());
+        let p = AttentionProblem {
+            q: rows_of(&q).unwrap(),
+            k: rows_of(&k).unwrap(),
+            v: rows_of(&v).unwrap(),
+            batch: dims.batch,
+            seq_q: dims.seq_q,
+            seq_k: dims.seq_k,
+            heads_q: dims.heads_q,
+            heads_kv: dims.heads_kv,
+            scale: opts
+                .scale
+                .unwrap_or(1.0 / (dims.head_dim.max(1) as f32).sqrt()),
+            causal: opts.causal,
+            key_valid: mask.as_deref(),
+        };
+        attention_reference_f32(&p)
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 2e-5 + 1e-4 * w.abs(),
+                "{what}: element {i}: got {g}, want {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_tier_matches_the_reference_on_odd_shapes() {
+        let cases = [
+            // batch, seq_q, seq_k, heads_q, heads_kv, d, dv, causal
+            (1, 1, 1, 1, 1, 1, 1, false),
+            (2, 7, 33, 4, 2, 7, 9, true),
+            (1, 33, 7, 2, 2, 16, 16, true),
+            (3, 17, 130, 4, 1, 33, 80, false),
+            (1, 127, 127, 2, 1, 64, 64, true),
+            (1, 65, 200, 8, 2, 80, 33, true),
+            (2, 5, 0, 2, 2, 8, 8, false),
+            (1, 3, 4, 2, 2, 0, 5, false),
+        ];
+        for (n, &(b, sq, sk, hq, hkv, d, dv, causal)) in cases.iter().enumerate() {
+            let q = tensor([b, sq, hq, d], 3 * n as u64);
+            let k = tensor([b, sk, hkv, d], 3 * n as u64 + 1);
+            let v = tensor([b, sk, hkv, dv], 3 * n as u64 + 2);
+            let mask: Vec<u8> = (0..b * sk).map(|i| (i % 5 != 3) as u8).collect();
+            for with_mask in [false, true] {
+                let opts = AttentionOptions {
+                    causal,
+                    scale: None,
+                    key_padding_mask: with_mask
+                        .then(|| Tensor::from_slice(&mask, &[b, sk]).unwrap()),
+                };
+                let want = reference(&q, &k, &v, &opts);
+                for isa in dispatch::available() {
+                    let got = attention_with_isa(&q, &k, &v, &opts, isa).unwrap();
+                    assert_eq!(got.shape(), &[b, sq, hq, dv]);
+                    let what = format!("case {n} mask {with_mask} isa {}", isa.name());
+                    assert_close(&got.elements::<f32>().unwrap(), &want, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_views_masked_rows_and_huge_scores() {
+        // q as a [b, s, h, d] view of a [b, h, s, d] tensor; v with a non-unit last stride.
+        let q = tensor([2, 3, 20, 16], 7).transpose(1, 2).unwrap();
+        let k = tensor([2, 20, 3, 16], 8);
+        let v = tensor([2, 20, 3, 24], 9)
+            .index(&[
+                crate::IndexItem::Ellipsis,
+                crate::IndexItem::Slice {
+                    start: None,
+                    stop: None,
+                    step: 2,
+                },
+            ])
+            .unwrap();
+        // Batch 1 attends nothing: its rows must be zeros.
+        let mut mask = vec![1i64; 40];
+        mask[20..].fill(0);
+        let opts = AttentionOptions {
+            causal: true,
+            scale: Some(0.3),
+            key_padding_mask: Some(Tensor::from_slice(&mask, &[2, 20]).unwrap()),
+        };
+        let want = reference(&q, &k, &v, &opts);
+        let huge = Tensor::from_slice(&vec![1e30f32; 2 * 20 * 3 * 16], &[2, 20, 3, 16]).unwrap();
+        for isa in dispatch::available() {
+            let got = attention_with_isa(&q, &k, &v, &opts, isa)
+                .unwrap()
+                .elements::<f32>()
+                .unwrap();
+            assert_close(&got, &want, isa.name());
+            assert!(got[got.len() / 2..].iter().all(|&x| x == 0.0));
+            let out =
+                attention_with_isa(&huge, &huge, &v, &AttentionOptions::default(), isa).unwrap();
+            assert!(
+                out.elements::<f32>().unwrap().iter().all(|x| x.is_finite()),
+                "{}",
+                isa.name()
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_op_and_shapes() {
+        let q = tensor([1, 2, 4, 8], 1);
+        let k = tensor([1, 3, 3, 8], 2);
+        let e = attention(&q, &k, &k, &AttentionOptions::default()).unwrap_err();
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("attention"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("[1, 3, 3, 8]"), "{e}");
+        let bad = Tensor::from_slice(&[0i32; 64], &[1, 2, 4, 8]).unwrap();
+        let e = attention(&bad, &q, &q, &AttentionOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::DType { .. }), "{e}");
+        let opts = AttentionOptions {
+            key_padding_mask: Some(Tensor::from_slice(&[1.0f32, 0.0], &[1, 2]).unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            attention(&q, &q, &q, &opts),
+            Err(Error::DType { .. })
+        ));
+        let opts = AttentionOptions {
+            key_padding_mask: Some(Tensor::from_slice(&[1u8, 0, 1], &[1, 3]).unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            attention(&q, &q, &q, &opts),
+            Err(Error::Shape { .. })
+        ));
+    }
+}

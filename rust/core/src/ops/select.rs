@@ -1,0 +1,82 @@
+//! Elementwise selection: `where(cond, a, b)` and `masked_fill(x, mask, value)`,
+//! with numpy broadcasting, any dtype for the values.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::shape::broadcast_shapes;
+use crate::tensor::Tensor;
+use crate::with_element_type;
+
+use super::data::{for_each_offsets, new_tensor, storage_elements};
+
+/// `cond ? a : b` elementwise; cond is bool, a and b share a dtype.
+pub fn where_(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    select("where", cond, a, b)
+}
+
+/// `x` with `value` wherever `mask` is true; mask must broadcast to x's shape.
+pub fn masked_fill(x: &Tensor, mask: &Tensor, value: f64) -> Result<Tensor> {
+    const OP: &str = "masked_fill";
+    let shape = broadcast_shapes(OP, x.shape(), mask.shape())?;
+    if shape != x.shape() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "mask of shape {:?} does not broadcast to x's shape {:?}",
+                mask.shape(),
+                x.shape()
+            ),
+        ));
+    }
+    let fill = Tensor::from_slice(&[value], &[])?.cast(x.dtype())?;
+    select(OP, mask, &fill, x)
+}
+
+fn select(op: &str, cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cond.dtype() != DType::Bool {
+        return Err(Error::dtype(
+            op,
+            format!("the condition/mask must be bool, got {}", cond.dtype()),
+        ));
+    }
+    if a.dtype() != b.dtype() {
+        return Err(Error::dtype(
+            op,
+            format!(
+                "values have different dtypes {} and {} (cast one with astype)",
+                a.dtype(),
+                b.dtype()
+            ),
+        ));
+    }
+    let shape = broadcast_shapes(op, a.shape(), b.shape())
+        .and_then(|s| broadcast_shapes(op, &s, cond.shape()))
+        .map_err(|_| {
+            Error::shape(
+                op,
+                format!(
+                    "shapes {:?}, {:?} and {:?} cannot be broadcast together",
+                    cond.shape(),
+                    a.shape(),
+                    b.shape()
+                ),
+            )
+        })?;
+    let (lc, la, lb) = (
+        cond.layout().expand(&shape)?,
+        a.layout().expand(&shape)?,
+        b.layout().expand(&shape)?,
+    );
+    let c = storage_elements::<crate::cast::Bool8>(cond)?;
+    with_element_type!(a.dtype(), T, {
+        let (da, db) = (storage_elements::<T>(a)?, storage_elements::<T>(b)?);
+        new_tensor::<T>(&shape, |out| {
+            let mut i = 0;
+            for_each_offsets([&lc, &la, &lb], |[oc, oa, ob]| {
+                out[i] = if c[oc].0 != 0 { da[oa] } else { db[ob] };
+                i += 1;
+            });
+            Ok(())
+        })
+    })
+}

@@ -1,0 +1,189 @@
+"""Fused attention against a numpy float64 reference, on every ISA tier.
+
+Tolerance: |got - want| <= 2e-5 + 1e-4 * |want| (f32 accumulation over head_dim and seq_k
+with inputs of order 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rtserve as rt
+from rtserve import _core
+
+attention = getattr(rt, "attention", _core.attention)
+
+ATOL, RTOL = 2e-5, 1e-4
+
+
+def reference(q, k, v, *, causal=False, scale=None, mask=None):
+    """softmax(q kᵀ · scale + mask) v in float64; rows that attend nothing are 0."""
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    group = hq // hkv
+    k = np.repeat(k, group, axis=2)
+    v = np.repeat(v, group, axis=2)
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    allowed = np.ones((b, 1, sq, sk), dtype=bool)
+    if causal:
+        allowed &= np.arange(sk)[None, :] <= np.arange(sq)[:, None] + (sk - sq)
+    if mask is not None:
+        allowed &= (np.asarray(mask) != 0)[:, None, None, :]
+    s = np.where(allowed, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True) if sk else np.zeros((b, hq, sq, 1))
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.where(allowed, np.exp(s - m), 0.0)
+    total = p.sum(axis=-1, keepdims=True)
+    p = p / np.where(total > 0, total, 1.0)
+    return np.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def check(got, want):
+    got = np.asarray(got)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
+
+
+SEQS = st.sampled_from([1, 2, 7, 16, 33, 64, 65, 127, 128]) | st.integers(1, 130)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    seq_q=SEQS,
+    seq_k=SEQS,
+    head_dim=st.sampled_from([1, 7, 16, 33, 64, 80]),
+    head_dim_v=st.sampled_from([None, 5, 24]),
+    heads_kv=st.integers(1, 2),
+    ratio=st.sampled_from([1, 2, 4]),
+    causal=st.booleans(),
+    masked=st.booleans(),
+    layout=st.sampled_from(["contiguous", "bhsd", "tensor_view"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_reference(
+    isa, batch, seq_q, seq_k, head_dim, head_dim_v, heads_kv, ratio, causal, masked, layout, seed
+):
+    rng = np.random.default_rng(seed)
+    heads_q = heads_kv * ratio
+    dv = head_dim if head_dim_v is None else head_dim_v
+    if layout == "bhsd":
+        # q from a [b, h, s, d] array: a strided view, read in place.
+        q = rng.standard_normal((batch, heads_q, seq_q, head_dim), dtype=np.float32).transpose(0, 2, 1, 3)
+    else:
+        q = rng.standard_normal((batch, seq_q, heads_q, head_dim), dtype=np.float32)
+    k = rng.standard_normal((batch, seq_k, heads_kv, head_dim), dtype=np.float32)
+    v = rng.standard_normal((batch, seq_k, heads_kv, dv), dtype=np.float32)
+    mask = None
+    if masked:
+        mask = rng.random((batch, seq_k)) < 0.7
+        mask[0, :] = False  # batch 0 attends nothing: zeros
+    want = reference(q, k, v, causal=causal, mask=mask)
+    if layout == "tensor_view":
+        q = rt.tensor(np.ascontiguousarray(q.transpose(0, 2, 1, 3))).transpose(0, 2, 1, 3)
+        k = rt.tensor(k)
+    got = attention(q, k, v, causal=causal, mask=mask)
+    check(got, want)
+    if masked:
+        assert not np.asarray(got)[0].any()
+
+
+def test_causal_is_bottom_right_aligned(isa):
+    """Decode with a KV cache: 3 new queries over 10 keys see keys 0..7, 0..8, 0..9."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 3, 4, 16), dtype=np.float32)
+    k = rng.standard_normal((2, 10, 2, 16), dtype=np.float32)
+    v = rng.standard_normal((2, 10, 2, 16), dtype=np.float32)
+    got = np.asarray(attention(q, k, v, causal=True))
+    check(got, reference(q, k, v, causal=True))
+    last = np.asarray(attention(q[:, 2:], k, v, causal=True))
+    np.testing.assert_allclose(last, np.asarray(attention(q[:, 2:], k, v)), atol=1e-6)
+    # More queries than keys: the first seq_q - seq_k queries attend nothing.
+    q_long = rng.standard_normal((1, 12, 2, 16), dtype=np.float32)
+    got = np.asarray(attention(q_long, k[:1], v[:1], causal=True))
+    check(got, reference(q_long, k[:1], v[:1], causal=True))
+    assert not got[0, :2].any()
+
+
+def test_decode_single_query_long_cache(isa):
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((2, 1, 8, 64), dtype=np.float32)
+    k = rng.standard_normal((2, 300, 2, 64), dtype=np.float32)
+    v = rng.standard_normal((2, 300, 2, 64), dtype=np.float32)
+    mask = np.ones((2, 300), dtype=np.int64)
+    mask[1, 250:] = 0  # right padding of the shorter sequence
+    check(attention(q, k, v, causal=True, mask=mask), reference(q, k, v, causal=True, mask=mask))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_several_query_and_key_blocks(isa, causal):
+    """Longer than one tile (128 keys, 128 query rows): the online softmax rescales across blocks."""
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 300, 4, 48), dtype=np.float32)
+    k = rng.standard_normal((2, 333, 2, 48), dtype=np.float32) * 2
+    v = rng.standard_normal((2, 333, 2, 40), dtype=np.float32)
+    mask = rng.random((2, 333)) < 0.8
+    got = attention(q, k, v, causal=causal, mask=mask)
+    check(got, reference(q, k, v, causal=causal, mask=mask))
+
+
+def test_huge_and_infinite_scores_do_not_make_nan(isa):
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((1, 9, 2, 16), dtype=np.float32) * 1e3
+    k = rng.standard_normal((1, 70, 2, 16), dtype=np.float32) * 1e3
+    v = rng.standard_normal((1, 70, 2, 16), dtype=np.float32)
+    # Scores ~1e6: softmax is one-hot in float64 and f32 alike.
+    check(attention(q, k, v), reference(q, k, v))
+    # Scores overflow f32 to +inf: still finite output.
+    big = np.full((1, 9, 2, 16), 1e30, dtype=np.float32)
+    out = np.asarray(attention(big, big, v[:, :9]))
+    assert np.isfinite(out).all()
+    # An explicit huge scale with -inf-like masks: no NaN either.
+    out = np.asarray(attention(q, k, v, scale=1e30, mask=np.arange(70)[None, :] % 2 == 0))
+    assert np.isfinite(out).all()
+
+
+def test_strided_inner_dim_and_other_dtypes(isa):
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 5, 2, 32), dtype=np.float32)[..., ::2]  # last stride 2: copied
+    k = rng.standard_normal((2, 6, 2, 16), dtype=np.float32)
+    v = rng.standard_normal((2, 6, 2, 8), dtype=np.float32)
+    check(attention(q, k, v), reference(q, k, v))
+    q16, k16 = q.astype(np.float16), k.astype(np.float16)
+    check(attention(q16, k16, v), reference(q16, k16, v))
+    qb = rt.tensor(q).astype("bf16")
+    check(attention(qb, k, v, scale=0.5), reference(np.asarray(qb.astype("f32")), k, v, scale=0.5))
+    mask = np.array([[1, 0, 2, 0, 1, 1], [0, 0, 0, 3, 0, 0]], dtype=np.int32)
+    check(attention(q, k, v, mask=mask), reference(q, k, v, mask=mask))
+
+
+def test_empty_dimensions():
+    z = np.zeros((1, 0, 2, 8), dtype=np.float32)
+    q = np.ones((1, 3, 2, 8), dtype=np.float32)
+    assert np.asarray(attention(z, q, q)).shape == (1, 0, 2, 8)
+    out = np.asarray(attention(q, z, z))  # no keys: zeros
+    assert out.shape == (1, 3, 2, 8) and not out.any()
+
+
+def test_bad_shapes_and_dtypes_raise():
+    q = np.zeros((1, 4, 4, 8), dtype=np.float32)
+    with pytest.raises(rt.ShapeError, match="attention"):
+        attention(q[0], q, q)
+    with pytest.raises(rt.ShapeError, match="attention.*multiple"):
+        attention(q, np.zeros((1, 4, 3, 8), np.float32), np.zeros((1, 4, 3, 8), np.float32))
+    with pytest.raises(rt.ShapeError, match="head_dim"):
+        attention(q, np.zeros((1, 4, 4, 7), np.float32), q)
+    with pytest.raises(rt.ShapeError, match="attention"):
+        attention(q, q, np.zeros((1, 5, 4, 8), np.float32))
+    with pytest.raises(rt.ShapeError, match="key_padding_mask"):
+        attention(q, q, q, mask=np.ones((1, 3), dtype=bool))
+    with pytest.raises(rt.DTypeError, match="attention"):
+        attention(q.astype(np.int64), q, q)
+    with pytest.raises(rt.DTypeError, match="attention"):
+        attention(q, q, q, mask=np.ones((1, 4), dtype=np.float32))
+    assert issubclass(rt.ShapeError, ValueError) and issubclass(rt.DTypeError, TypeError)

@@ -1,0 +1,180 @@
+"""GEMM through rt.matmul / @ / rt.linear / rt.prepack against a float64 numpy reference,
+on every ISA tier the CPU has."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rtserve as rt
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+EPS32 = float(np.finfo(np.float32).eps)
+BF16_EPS = 2.0**-8  # bf16 rounding of the activations (bf16 kernel) and of the weights
+SIZES = [1, 2, 7, 8, 9, 16, 17, 33, 127, 257]
+
+
+def uses_bf16_kernel() -> bool:
+    return rt.isa() == "avx512" and dict(rt.cpu_features())["avx512_bf16"]
+
+
+def f32_tol(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|error| bound for an f32 product with f32 accumulation: c·eps·sqrt(K)·(|A||B|)."""
+    k = a.shape[-1]
+    return 1e-30 + 4 * EPS32 * np.sqrt(max(k, 1)) * (np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64))
+
+
+def strided(arr: np.ndarray, how: str) -> np.ndarray:
+    """The same values through a non-contiguous view."""
+    if how == "transposed":
+        return np.ascontiguousarray(arr.T).T
+    if how == "reversed":
+        return np.ascontiguousarray(arr[::-1])[::-1]
+    if how == "sliced":
+        big = np.zeros((arr.shape[0], arr.shape[1] * 2), arr.dtype)
+        big[:, ::2] = arr
+        return big[:, ::2]
+    return arr
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(SIZES), st.sampled_from(SIZES), st.sampled_from(SIZES),
+       st.sampled_from(["contiguous", "transposed", "reversed", "sliced"]),
+       st.sampled_from(["contiguous", "transposed", "reversed", "sliced"]), st.integers(0, 2**32 - 1))
+def test_matmul_f32_matches_float64(isa, m, k, n, how_a, how_b, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    got = rt.matmul(strided(a, how_a), strided(b, how_b)).numpy()
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert got.dtype == np.float32 and got.shape == (m, n)
+    assert np.all(np.abs(got - ref) <= f32_tol(a, b))
+
+
+def test_large_shapes_and_thread_counts(isa):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((300, 520), dtype=np.float32)
+    b = rng.standard_normal((520, 4100), dtype=np.float32)  # crosses the NC block boundary
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    before = rt.num_threads()
+    try:
+        for threads in (1, 2, 3):
+            rt.set_num_threads(threads)
+            got = (rt.tensor(a) @ rt.tensor(b)).numpy()
+            assert np.all(np.abs(got - ref) <= f32_tol(a, b)), threads
+    finally:
+        rt.set_num_threads(before)
+
+
+@pytest.mark.parametrize("wdtype", ["bf16", "f16"])
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_half_precision_weights(isa, wdtype, m):
+    rng = np.random.default_rng(m)
+    k, n = 129, 70
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    w32 = rng.standard_normal((k, n), dtype=np.float32)
+    np_dtype = ml_dtypes.bfloat16 if wdtype == "bf16" else np.float16
+    w = w32.astype(np_dtype)
+    got = rt.matmul(a, rt.tensor(w)).numpy()
+    ref = a.astype(np.float64) @ w.astype(np.float64)
+    bound = f32_tol(a, w.astype(np.float32))
+    if wdtype == "bf16" and uses_bf16_kernel() and m > 8:
+        # vdpbf16ps rounds the activations to bf16 as well.
+        bound = bound + BF16_EPS * (np.abs(a).astype(np.float64) @ np.abs(w.astype(np.float64)))
+    assert np.all(np.abs(got - ref) <= bound)
+
+
+def test_batched_broadcasting_and_vectors():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2, 1, 5, 7), dtype=np.float32)
+    b = rng.standard_normal((3, 7, 4), dtype=np.float32)
+    got = rt.matmul(a, b).numpy()
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert got.shape == (2, 3, 5, 4)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    v = rng.standard_normal(7, dtype=np.float32)
+    m = rng.standard_normal((7, 3), dtype=np.float32)
+    np.testing.assert_allclose(rt.matmul(v, m).numpy(), v @ m, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rt.matmul(m.T.copy(), v).numpy(), m.T @ v, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rt.matmul(v, v).numpy(), v @ v, rtol=1e-5)
+    assert rt.matmul(v, v).shape == ()
+    # numpy on the left of @ goes through Tensor.__rmatmul__
+    np.testing.assert_allclose((m.T.copy() @ rt.tensor(m)).numpy(), m.T @ m, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_and_degenerate_shapes():
+    z = rt.matmul(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32)).numpy()
+    assert z.shape == (3, 4) and not z.any()
+    assert rt.matmul(np.zeros((0, 5), np.float32), np.ones((5, 2), np.float32)).shape == (0, 2)
+    assert rt.matmul(np.ones((2, 5), np.float32), np.ones((5, 0), np.float32)).shape == (2, 0)
+    out = rt.linear(np.ones((2, 0), np.float32), np.ones((3, 0), np.float32), bias=np.arange(3, dtype=np.float32))
+    assert out.tolist() == [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]
+
+
+def test_bad_inputs_raise_typed_errors():
+    with pytest.raises(rt.ShapeError, match="matmul"):
+        rt.matmul(np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
+    with pytest.raises(rt.ShapeError, match="broadcast"):
+        rt.matmul(np.ones((2, 2, 3), np.float32), np.ones((3, 3, 4), np.float32))
+    with pytest.raises(rt.DTypeError, match="f32"):
+        rt.matmul(np.ones((2, 3), np.int64), np.ones((3, 2), np.float32))
+    with pytest.raises(rt.DTypeError, match="weights"):
+        rt.matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.int32))
+    with pytest.raises(rt.ShapeError):
+        rt.matmul(np.float32(2), np.ones(3, np.float32))
+    with pytest.raises(rt.ShapeError, match="linear"):
+        rt.linear(np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
+    with pytest.raises(rt.ShapeError, match="bias"):
+        rt.linear(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), bias=np.ones(5, np.float32))
+    with pytest.raises(rt.UnsupportedError, match="activation"):
+        rt.linear(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), activation="swiglu")
+
+
+def gelu64(x):
+    from math import erf, sqrt
+    return np.vectorize(lambda v: 0.5 * v * (1 + erf(v / sqrt(2))))(x)
+
+
+ACTIVATIONS = {
+    None: lambda x: x,
+    "relu": lambda x: np.maximum(x, 0),
+    "gelu": gelu64,
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    "silu": lambda x: x / (1 + np.exp(-x)),
+}
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 40])
+def test_linear_fused_epilogue(isa, activation, m):
+    rng = np.random.default_rng(m)
+    k, n = 67, 45
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)  # HF layout [out, in]
+    bias = rng.standard_normal(n, dtype=np.float32)
+    res = rng.standard_normal((m, n), dtype=np.float32)
+    pre = x.astype(np.float64) @ w.T.astype(np.float64) + bias
+    ref = ACTIVATIONS[activation](pre) + res
+    tol = 1e-6 + 2 * f32_tol(x, w.T)
+    for weight in (w, rt.prepack(w)):
+        got = rt.linear(x, weight, bias=bias, activation=activation, residual=res).numpy()
+        assert np.all(np.abs(got - ref) <= tol + 1e-6 * np.abs(ref)), (activation, type(weight))
+
+
+def test_linear_on_3d_input_and_prepack_properties():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 16), dtype=np.float32)
+    w = rng.standard_normal((5, 16), dtype=np.float32)
+    p = rt.prepack(w)
+    assert p.shape == (5, 16) and p.dtype == "f32" and p.nbytes >= 5 * 16 * 4
+    got = rt.linear(x, p).numpy()
+    assert got.shape == (2, 3, 5)
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)
+    wb = rt.tensor(w.astype(ml_dtypes.bfloat16))
+    pb = rt.prepack(wb)
+    assert pb.dtype == "bf16"
+    got_b = rt.linear(x, pb).numpy()
+    ref_b = x.astype(np.float64) @ w.astype(ml_dtypes.bfloat16).astype(np.float64).T
+    np.testing.assert_allclose(got_b, ref_b, rtol=2e-2, atol=2e-2)
