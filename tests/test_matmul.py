@@ -55,8 +55,8 @@ def test_matmul_f32_matches_float64(isa, m, k, n, how_a, how_b, seed):
 
 def test_large_shapes_and_thread_counts(isa):
     rng = np.random.default_rng(1)
-    a = rng.standard_normal((300, 520), dtype=np.float32)
-    b = rng.standard_normal((520, 4100), dtype=np.float32)  # crosses the NC block boundary
+    a = rng.standard_normal((100, 1100), dtype=np.float32)  # K crosses the depth block (1024)
+    b = rng.standard_normal((1100, 4100), dtype=np.float32)  # N crosses the NC block boundary
     ref = a.astype(np.float64) @ b.astype(np.float64)
     before = rt.num_threads()
     try:

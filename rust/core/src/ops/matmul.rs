@@ -274,5 +274,6 @@ fn f32_buffer(op: &str, elems: usize) -> Result<AlignedBuffer> {
     let bytes = elems
         .checked_mul(4)
         .ok_or_else(|| Error::shape(op, format!("output of {elems} elements is too large")))?;
-    AlignedBuffer::zeroed(bytes)
+    // Every element is written by the GEMM, so stale contents are fine.
+    AlignedBuffer::for_overwrite(bytes)
 }

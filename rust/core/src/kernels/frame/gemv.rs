@@ -12,7 +12,7 @@ use half::bf16;
 use crate::error::{Error, Result};
 use crate::kernels::dispatch::{isa, Isa};
 use crate::kernels::frame::epilogue::{apply_row, Epilogue};
-use crate::kernels::frame::gemm::{BSource, COut, KernelKind, PackedB, KC};
+use crate::kernels::frame::gemm::{BSource, COut, KernelKind, PackedB};
 use crate::kernels::frame::pack::{MatRef, WeightElement};
 use crate::kernels::frame::threads::{num_threads, parallel_for};
 
@@ -158,8 +158,8 @@ fn packed_f32<const M: usize, const NR: usize>(
     panel_lo: usize,
     panel_hi: usize,
 ) {
-    for pc in (0..job.k).step_by(KC) {
-        let kc = KC.min(job.k - pc);
+    for pc in (0..job.k).step_by(p.kind.kc()) {
+        let kc = p.kind.kc().min(job.k - pc);
         for panel in panel_lo..panel_hi {
             let at = p.panel_offset(pc, panel * NR);
             let data = &p.f32_data[at..at + kc * NR];
@@ -188,8 +188,8 @@ fn packed_bf16<const M: usize, const NR: usize>(
     panel_lo: usize,
     panel_hi: usize,
 ) {
-    for pc in (0..job.k).step_by(KC) {
-        let kc = KC.min(job.k - pc);
+    for pc in (0..job.k).step_by(p.kind.kc()) {
+        let kc = p.kind.kc().min(job.k - pc);
         let kp = kc.div_ceil(2);
         for panel in panel_lo..panel_hi {
             let at = p.panel_offset(pc, panel * NR);
@@ -279,6 +279,27 @@ unsafe fn run_avx2(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
 }
 
 fn run(isa: Isa, job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512, Form::KnF32(b)) = (isa, form) {
+        if b.rs > 0 {
+            // SAFETY: Avx512 is current only after dispatch confirmed AVX-512; B's rows
+            // 0..k and columns j0..j1 are inside the view; this task owns C[:, j0..j1].
+            unsafe {
+                crate::kernels::x86_64::avx512_gemv_f32::avx512_gemv_kn_f32(
+                    job.m,
+                    job.k,
+                    job.a.as_ptr(),
+                    b.ptr,
+                    b.rs as usize,
+                    job.out.base(),
+                    job.out.ldc,
+                    j0,
+                    j1,
+                )
+            };
+            return;
+        }
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512 is only current after dispatch confirmed AVX-512 (F16C comes with it).

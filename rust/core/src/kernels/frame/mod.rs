@@ -7,5 +7,6 @@ pub mod gemm;
 pub mod gemv;
 pub mod pack;
 pub mod peak;
+pub mod prefetch;
 pub mod rowwise;
 pub mod threads;

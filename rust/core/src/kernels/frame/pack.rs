@@ -75,13 +75,17 @@ pub fn pack_a(a: MatRef<f32>, mr: usize, out: &mut [f32]) {
         let row0 = panel * mr;
         let rows = mr.min(mc - row0);
         if a.cs == 1 {
-            for i in 0..rows {
+            // Rows as slices; write k-major so the stores are sequential.
+            let mut src: [&[f32]; 16] = [&[]; 16];
+            for (i, s) in src.iter_mut().enumerate().take(rows) {
                 // SAFETY: row row0+i < mc and columns 0..kc are inside the view.
-                let src = unsafe {
+                *s = unsafe {
                     std::slice::from_raw_parts(a.ptr.offset((row0 + i) as isize * a.rs), kc)
                 };
-                for (p, &v) in src.iter().enumerate() {
-                    chunk[p * mr + i] = v;
+            }
+            for (p, dst) in chunk.chunks_exact_mut(mr).enumerate().take(kc) {
+                for (d, row) in dst.iter_mut().zip(&src[..rows]) {
+                    *d = row[p];
                 }
             }
         } else {

@@ -49,7 +49,8 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// The pool, or `None` when one thread is configured (work runs inline).
+/// The pool of helper threads (`num_threads() - 1` of them: the calling thread
+/// works too), or `None` when one thread is configured (work runs inline).
 pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
     let mut p = state().lock().ok()?;
     if p.threads <= 1 {
@@ -57,7 +58,7 @@ pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
     }
     if p.pool.is_none() {
         p.pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(p.threads)
+            .num_threads(p.threads - 1)
             .thread_name(|i| format!("rtserve-{i}"))
             .build()
             .ok()
@@ -66,13 +67,27 @@ pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
     p.pool.clone()
 }
 
-/// Runs `f(i)` for `i in 0..tasks` on the pool (inline with one thread).
+/// Runs `f(i)` for `i in 0..tasks`: the calling thread and the pool's helpers
+/// take task indices from a shared counter (so the caller never just waits, and
+/// a short call costs one wake-up of the helpers, not a hand-off and back).
 pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
-    match pool() {
-        Some(pool) if tasks > 1 => pool.install(|| {
-            use rayon::prelude::*;
-            (0..tasks).into_par_iter().for_each(&f)
-        }),
-        _ => (0..tasks).for_each(f),
-    }
+    let pool = match pool() {
+        Some(pool) if tasks > 1 => pool,
+        _ => return (0..tasks).for_each(f),
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if t >= tasks {
+            break;
+        }
+        f(t);
+    };
+    let helpers = pool.current_num_threads().min(tasks - 1);
+    pool.in_place_scope(|scope| {
+        for _ in 0..helpers {
+            scope.spawn(|_| work());
+        }
+        work();
+    });
 }

@@ -16,6 +16,7 @@ pub unsafe fn generic_mmm_f32_4x8(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    _prefetch: crate::kernels::frame::prefetch::Prefetch,
 ) {
     // SAFETY: the caller guarantees the panel sizes.
     let (a, b) = unsafe {

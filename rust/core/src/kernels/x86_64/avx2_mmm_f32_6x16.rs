@@ -3,6 +3,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::kernels::frame::prefetch::Prefetch;
+
 pub const MR: usize = 6;
 pub const NR: usize = 16;
 
@@ -19,10 +21,20 @@ pub unsafe fn avx2_mmm_f32_6x16(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    prefetch: Prefetch,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    // Start pulling the C tile in now (it is written at the end): C of a large
+    // GEMM lives in L3 or DRAM, and the demand misses would stall the stores.
+    for i in 0..MR {
+        let row = c.wrapping_add(i * ldc);
+        // A prefetch is a hint: it never faults, whatever the address.
+        _mm_prefetch::<_MM_HINT_ET0>(row.cast());
+        _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(8).cast());
+    }
     let (mut a, mut b) = (a, b);
-    for _ in 0..k {
+    for step in 0..k {
+        prefetch.line(step);
         // SAFETY: a and b advance by one k-step within the packed panels (k steps total).
         unsafe {
             let b0 = _mm256_loadu_ps(b);

@@ -3,6 +3,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::kernels::frame::prefetch::Prefetch;
+
 pub const MR: usize = 12;
 pub const NR: usize = 32;
 
@@ -20,10 +22,20 @@ pub unsafe fn avx512_mmm_bf16_12x32(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    prefetch: Prefetch,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    // Start pulling the C tile in now (it is written at the end): C of a large
+    // GEMM lives in L3 or DRAM, and the demand misses would stall the stores.
+    for i in 0..MR {
+        let row = c.wrapping_add(i * ldc);
+        // A prefetch is a hint: it never faults, whatever the address.
+        _mm_prefetch::<_MM_HINT_ET0>(row.cast());
+        _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16).cast());
+    }
     let (mut a, mut b) = (a, b);
-    for _ in 0..kp {
+    for step in 0..kp {
+        prefetch.line(step);
         // SAFETY: a and b advance by one k-pair within the packed panels.
         unsafe {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
