@@ -296,6 +296,11 @@ pub(crate) fn gemm_with(
         ptr: c.as_mut_ptr(),
         ldc,
     };
+    if tm > 1 && !matches!(b, BSource::Packed(_)) {
+        // Row parts would each pack all of B: pack it once, together.
+        gemm_shared_b(kind, a, b, out, (tm, tn), threads, epi);
+        return;
+    }
     parallel_for(tm * tn, |t| {
         let (rows, cols) = (split(m, mr, tm, t / tn), split(n, nr, tn, t % tn));
         if rows.0 < rows.1 && cols.0 < cols.1 {
@@ -338,7 +343,178 @@ thread_local! {
     static B_BUF: RefCell<(Vec<f32>, Vec<u16>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// The single-threaded BLIS loops over C[rows, cols].
+/// One (jc, pc) block of packed B, as the micro-kernels read it.
+#[derive(Copy, Clone)]
+struct BBlock<'a> {
+    f32: &'a [f32],
+    bf16: &'a [u16],
+    /// Packed elements per panel.
+    panel_len: usize,
+    jc: usize,
+    pc: usize,
+    kc: usize,
+}
+
+/// Packs panels `panels` of the (jc, pc) block of B (kc × nc) into `bf`/`bb`
+/// (which hold the whole block), in the layout of `kind`.
+fn pack_b_block(
+    kind: KernelKind,
+    b: BSource<'_>,
+    (jc, pc, kc, nc): (usize, usize, usize, usize),
+    panels: (usize, usize),
+    bf: *mut f32,
+    bb: *mut u16,
+) {
+    let (_, nr) = kind.mr_nr();
+    let panel_len = nr * kind.b_units(kc);
+    for panel in panels.0..panels.1 {
+        let col0 = panel * nr;
+        match (kind, b) {
+            (KernelKind::Bf16Avx512, BSource::BF16(src)) => {
+                let cols = nr.min(nc - col0);
+                // SAFETY: the caller sized `bb` for every panel of the block; each panel
+                // index is packed by exactly one caller.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(bb.add(panel * panel_len), panel_len) };
+                pack_b_bf16_pairs(src.sub(pc, jc + col0, kc, cols), nr, dst);
+            }
+            (_, src) => {
+                // SAFETY: as above, for `bf`.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(bf.add(panel * panel_len), panel_len) };
+                match src {
+                    BSource::F32(s) => pack_b_panel(s.sub(pc, jc, kc, nc), col0, nr, dst),
+                    BSource::BF16(s) => pack_b_panel(s.sub(pc, jc, kc, nc), col0, nr, dst),
+                    BSource::F16(s) => pack_b_panel(s.sub(pc, jc, kc, nc), col0, nr, dst),
+                    BSource::Packed(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The slices of a pre-packed B for block (jc, pc).
+fn prepacked_block(
+    kind: KernelKind,
+    p: &PackedB,
+    jc: usize,
+    pc: usize,
+    kc: usize,
+    n_panels: usize,
+) -> BBlock<'_> {
+    let (_, nr) = kind.mr_nr();
+    let panel_len = nr * kind.b_units(kc);
+    let at = p.panel_offset(pc, jc);
+    let (f32, bf16): (&[f32], &[u16]) = match kind {
+        KernelKind::Bf16Avx512 => (&[], &p.bf16_data[at..at + n_panels * panel_len]),
+        _ => (&p.f32_data[at..at + n_panels * panel_len], &[]),
+    };
+    BBlock {
+        f32,
+        bf16,
+        panel_len,
+        jc,
+        pc,
+        kc,
+    }
+}
+
+/// Rows `rows` × panels `panels` of one packed B block: packs A per MC block
+/// (thread-local buffer) and runs the micro-kernels, with the epilogue on the
+/// last depth block. `n_end` is the end column of this B block in C.
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel(
+    kind: KernelKind,
+    a: MatRef<f32>,
+    blk: BBlock<'_>,
+    rows: (usize, usize),
+    panels: (usize, usize),
+    n_end: usize,
+    last: bool,
+    out: COut,
+    epi: &Epilogue<'_>,
+) {
+    let (mr, nr) = kind.mr_nr();
+    let mc = kind.mc();
+    let (kc, pc, jc, panel_len) = (blk.kc, blk.pc, blk.jc, blk.panel_len);
+    A_BUF.with(|abuf| {
+        let mut abuf = abuf.borrow_mut();
+        let (af, ab) = &mut *abuf;
+        for ic in (rows.0..rows.1).step_by(mc) {
+            let mcur = mc.min(rows.1 - ic);
+            let a_blk = a.sub(ic, pc, mcur, kc);
+            match kind {
+                KernelKind::Bf16Avx512 => {
+                    ab.resize(mcur.div_ceil(mr) * mr * kc.div_ceil(2), 0);
+                    pack_a_bf16_pairs(a_blk, mr, ab);
+                }
+                _ => {
+                    af.resize(mcur.div_ceil(mr) * mr * kc, 0.0);
+                    pack_a(a_blk, mr, af);
+                }
+            }
+            let n_ir = mcur.div_ceil(mr);
+            let elem = if kind == KernelKind::Bf16Avx512 { 2 } else { 4 };
+            let lines = (panel_len * elem).div_ceil(64);
+            let per_call = lines.div_ceil(n_ir);
+            for panel in panels.0..panels.1 {
+                let j0 = jc + panel * nr;
+                let ncur = nr.min(n_end - j0);
+                for (ir, i0) in (0..mcur).step_by(mr).enumerate() {
+                    let mcur_r = mr.min(mcur - i0);
+                    // Pull the next panel of this task towards L1 while this one is in use.
+                    let prefetch = if panel + 1 < panels.1 {
+                        let next = if kind == KernelKind::Bf16Avx512 {
+                            blk.bf16
+                                .as_ptr()
+                                .wrapping_add((panel + 1) * panel_len)
+                                .cast::<u8>()
+                        } else {
+                            blk.f32
+                                .as_ptr()
+                                .wrapping_add((panel + 1) * panel_len)
+                                .cast::<u8>()
+                        };
+                        Prefetch::new(
+                            next,
+                            ir * per_call,
+                            per_call.min(lines.saturating_sub(ir * per_call)),
+                        )
+                    } else {
+                        Prefetch::NONE
+                    };
+                    let tile = Tile {
+                        kind,
+                        kc,
+                        prefetch,
+                        a_f32: af.as_ptr().wrapping_add(ir * mr * kc),
+                        a_bf16: ab.as_ptr().wrapping_add(ir * mr * kc.div_ceil(2)),
+                        b_f32: blk.f32.as_ptr().wrapping_add(panel * panel_len),
+                        b_bf16: blk.bf16.as_ptr().wrapping_add(panel * panel_len),
+                    };
+                    // SAFETY: the packed panels hold full MR/NR tiles of kc depth;
+                    // C[ic+i0.., j0..] (mcur_r × ncur) is inside this task's disjoint
+                    // region of the output.
+                    unsafe {
+                        tile.run(out, ic + i0, j0, mcur_r, ncur, pc > 0);
+                        if last && !epi.is_identity() {
+                            for r in 0..mcur_r {
+                                let i = ic + i0 + r;
+                                let row = std::slice::from_raw_parts_mut(
+                                    out.base().add(i * out.ldc + j0),
+                                    ncur,
+                                );
+                                apply_row(row, i, j0, epi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The single-threaded BLIS loops over C[rows, cols] (B packed by this thread).
 fn gemm_block(
     kind: KernelKind,
     a: MatRef<f32>,
@@ -349,131 +525,139 @@ fn gemm_block(
     epi: &Epilogue<'_>,
 ) {
     let k = a.cols;
-    let (mr, nr) = kind.mr_nr();
-    let mc = kind.mc();
-    A_BUF.with(|abuf| {
-        B_BUF.with(|bbuf| {
-            let mut abuf = abuf.borrow_mut();
-            let mut bbuf = bbuf.borrow_mut();
-            let (af, ab) = &mut *abuf;
-            let (bf, bb) = &mut *bbuf;
-            for jc in (cols.0..cols.1).step_by(NC) {
-                let nc = NC.min(cols.1 - jc);
-                let n_panels = nc.div_ceil(nr);
-                for pc in (0..k).step_by(kind.kc()) {
-                    let kc = kind.kc().min(k - pc);
-                    let last = pc + kc == k;
-                    let panel_len = nr * kind.b_units(kc);
-                    let (bp_f32, bp_bf16): (&[f32], &[u16]) = match b {
-                        BSource::Packed(p) => {
-                            let at = p.panel_offset(pc, jc);
-                            match kind {
-                                KernelKind::Bf16Avx512 => {
-                                    (&[], &p.bf16_data[at..at + n_panels * panel_len])
-                                }
-                                _ => (&p.f32_data[at..at + n_panels * panel_len], &[]),
-                            }
-                        }
-                        BSource::BF16(src) if kind == KernelKind::Bf16Avx512 => {
+    let (_, nr) = kind.mr_nr();
+    B_BUF.with(|bbuf| {
+        let mut bbuf = bbuf.borrow_mut();
+        let (bf, bb) = &mut *bbuf;
+        for jc in (cols.0..cols.1).step_by(NC) {
+            let nc = NC.min(cols.1 - jc);
+            let n_panels = nc.div_ceil(nr);
+            for pc in (0..k).step_by(kind.kc()) {
+                let kc = kind.kc().min(k - pc);
+                let panel_len = nr * kind.b_units(kc);
+                let blk = match b {
+                    BSource::Packed(p) => prepacked_block(kind, p, jc, pc, kc, n_panels),
+                    _ => {
+                        if kind == KernelKind::Bf16Avx512 {
                             bb.resize(n_panels * panel_len, 0);
-                            pack_b_bf16_pairs(src.sub(pc, jc, kc, nc), nr, bb);
-                            (&[], &bb[..])
-                        }
-                        _ => {
+                        } else {
                             bf.resize(n_panels * panel_len, 0.0);
-                            for panel in 0..n_panels {
-                                let dst = &mut bf[panel * panel_len..(panel + 1) * panel_len];
-                                match b {
-                                    BSource::F32(s) => {
-                                        pack_b_panel(s.sub(pc, jc, kc, nc), panel * nr, nr, dst)
-                                    }
-                                    BSource::BF16(s) => {
-                                        pack_b_panel(s.sub(pc, jc, kc, nc), panel * nr, nr, dst)
-                                    }
-                                    BSource::F16(s) => {
-                                        pack_b_panel(s.sub(pc, jc, kc, nc), panel * nr, nr, dst)
-                                    }
-                                    BSource::Packed(_) => {}
-                                }
-                            }
-                            (&bf[..], &[])
                         }
-                    };
-                    for ic in (rows.0..rows.1).step_by(mc) {
-                        let mcur = mc.min(rows.1 - ic);
-                        let a_blk = a.sub(ic, pc, mcur, kc);
-                        match kind {
-                            KernelKind::Bf16Avx512 => {
-                                ab.resize(mcur.div_ceil(mr) * mr * kc.div_ceil(2), 0);
-                                pack_a_bf16_pairs(a_blk, mr, ab);
-                            }
-                            _ => {
-                                af.resize(mcur.div_ceil(mr) * mr * kc, 0.0);
-                                pack_a(a_blk, mr, af);
-                            }
-                        }
-                        for panel in 0..n_panels {
-                            let j0 = jc + panel * nr;
-                            let ncur = nr.min(cols.1 - j0);
-                            for (ir, i0) in (0..mcur).step_by(mr).enumerate() {
-                                let mcur_r = mr.min(mcur - i0);
-                                let n_ir = mcur.div_ceil(mr);
-                                let elem = if kind == KernelKind::Bf16Avx512 { 2 } else { 4 };
-                                let lines = (panel_len * elem).div_ceil(64);
-                                let per_call = lines.div_ceil(n_ir);
-                                let prefetch = if panel + 1 < n_panels {
-                                    let next = if kind == KernelKind::Bf16Avx512 {
-                                        bp_bf16
-                                            .as_ptr()
-                                            .wrapping_add((panel + 1) * panel_len)
-                                            .cast::<u8>()
-                                    } else {
-                                        bp_f32
-                                            .as_ptr()
-                                            .wrapping_add((panel + 1) * panel_len)
-                                            .cast::<u8>()
-                                    };
-                                    Prefetch::new(
-                                        next,
-                                        ir * per_call,
-                                        per_call.min(lines.saturating_sub(ir * per_call)),
-                                    )
-                                } else {
-                                    Prefetch::NONE
-                                };
-                                let tile = Tile {
-                                    kind,
-                                    kc,
-                                    prefetch,
-                                    a_f32: af.as_ptr().wrapping_add(ir * mr * kc),
-                                    a_bf16: ab.as_ptr().wrapping_add(ir * mr * kc.div_ceil(2)),
-                                    b_f32: bp_f32.as_ptr().wrapping_add(panel * panel_len),
-                                    b_bf16: bp_bf16.as_ptr().wrapping_add(panel * panel_len),
-                                };
-                                // SAFETY: the packed panels hold full MR/NR tiles of kc depth
-                                // (sized above); C[ic+i0.., j0..] (mcur_r × ncur) is inside this
-                                // task's disjoint region of the output.
-                                unsafe {
-                                    tile.run(out, ic + i0, j0, mcur_r, ncur, pc > 0);
-                                    if last && !epi.is_identity() {
-                                        for r in 0..mcur_r {
-                                            let i = ic + i0 + r;
-                                            let row = std::slice::from_raw_parts_mut(
-                                                out.base().add(i * out.ldc + j0),
-                                                ncur,
-                                            );
-                                            apply_row(row, i, j0, epi);
-                                        }
-                                    }
-                                }
-                            }
+                        pack_b_block(
+                            kind,
+                            b,
+                            (jc, pc, kc, nc),
+                            (0, n_panels),
+                            bf.as_mut_ptr(),
+                            bb.as_mut_ptr(),
+                        );
+                        BBlock {
+                            f32: bf,
+                            bf16: bb,
+                            panel_len,
+                            jc,
+                            pc,
+                            kc,
                         }
                     }
-                }
+                };
+                macro_kernel(
+                    kind,
+                    a,
+                    blk,
+                    rows,
+                    (0, n_panels),
+                    jc + nc,
+                    pc + kc == k,
+                    out,
+                    epi,
+                );
             }
-        })
+        }
     });
 }
+
+/// Several threads over one C with B packed once per block and shared: the
+/// threads split the panels to pack, then split the rows (and, when rows are
+/// few, the panels) to compute.
+fn gemm_shared_b(
+    kind: KernelKind,
+    a: MatRef<f32>,
+    b: BSource<'_>,
+    out: COut,
+    (tm, tn): (usize, usize),
+    threads: usize,
+    epi: &Epilogue<'_>,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.dims().1);
+    let (mr, nr) = kind.mr_nr();
+    let mut bf: Vec<f32> = Vec::new();
+    let mut bb: Vec<u16> = Vec::new();
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        let n_panels = nc.div_ceil(nr);
+        for pc in (0..k).step_by(kind.kc()) {
+            let kc = kind.kc().min(k - pc);
+            let panel_len = nr * kind.b_units(kc);
+            if kind == KernelKind::Bf16Avx512 {
+                bb.resize(n_panels * panel_len, 0);
+            } else {
+                bf.resize(n_panels * panel_len, 0.0);
+            }
+            let targets = (SendPtr(bf.as_mut_ptr()), SendPtr(bb.as_mut_ptr()));
+            let groups = threads.min(n_panels);
+            parallel_for(groups, |g| {
+                let (lo, hi) = (n_panels * g / groups, n_panels * (g + 1) / groups);
+                pack_b_block(
+                    kind,
+                    b,
+                    (jc, pc, kc, nc),
+                    (lo, hi),
+                    targets.0.get(),
+                    targets.1.get(),
+                );
+            });
+            let blk = BBlock {
+                f32: &bf,
+                bf16: &bb,
+                panel_len,
+                jc,
+                pc,
+                kc,
+            };
+            parallel_for(tm * tn, |t| {
+                let rows = split(m, mr, tm, t / tn);
+                let (p_lo, p_hi) = (n_panels * (t % tn) / tn, n_panels * (t % tn + 1) / tn);
+                if rows.0 < rows.1 && p_lo < p_hi {
+                    macro_kernel(
+                        kind,
+                        a,
+                        blk,
+                        rows,
+                        (p_lo, p_hi),
+                        jc + nc,
+                        pc + kc == k,
+                        out,
+                        epi,
+                    );
+                }
+            });
+        }
+    }
+}
+
+/// A raw pointer handed to tasks that write disjoint parts of its buffer.
+#[derive(Copy, Clone)]
+struct SendPtr<T>(*mut T);
+impl<T> SendPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: tasks write disjoint panels of the block buffer (distinct panel ranges).
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// One micro-tile's inputs.
 struct Tile {
@@ -636,14 +820,25 @@ mod tests {
 
     fn check(m: usize, k: usize, n: usize, kind: KernelKind, transposed_b: bool) {
         let a = values(m * k, 1 + m as u64);
-        // A is read through a transposed view: element (i, p) at p*m + i.
+        // Row-major A (the SIMD packing path) with weights-layout B; otherwise A is
+        // read through a transposed view: element (i, p) at p*m + i.
         let a_t: Vec<f32> = (0..k * m).map(|idx| a[(idx % m) * k + idx / m]).collect();
-        let av = MatRef {
-            ptr: a_t.as_ptr(),
-            rows: m,
-            cols: k,
-            rs: 1,
-            cs: m as isize,
+        let av = if transposed_b {
+            MatRef {
+                ptr: a.as_ptr(),
+                rows: m,
+                cols: k,
+                rs: k as isize,
+                cs: 1,
+            }
+        } else {
+            MatRef {
+                ptr: a_t.as_ptr(),
+                rows: m,
+                cols: k,
+                rs: 1,
+                cs: m as isize,
+            }
         };
         let b = values(k * n, 7 + n as u64);
         let bias = values(n, 3);

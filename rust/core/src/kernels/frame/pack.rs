@@ -71,9 +71,29 @@ impl WeightElement for f16 {
 /// out k-major (`out[p*mr + i]`). `out` must hold ceil(mc/mr)*mr*kc values.
 pub fn pack_a(a: MatRef<f32>, mr: usize, out: &mut [f32]) {
     let (mc, kc) = (a.rows, a.cols);
+    #[cfg(target_arch = "x86_64")]
+    let simd = mr == 12 && a.cs == 1 && crate::kernels::dispatch::cpu().avx512;
     for (panel, chunk) in out.chunks_mut(mr * kc).enumerate().take(mc.div_ceil(mr)) {
         let row0 = panel * mr;
         let rows = mr.min(mc - row0);
+        #[cfg(target_arch = "x86_64")]
+        if simd && chunk.len() >= kc * 12 {
+            let ptrs: [*const f32; 12] = std::array::from_fn(|i| {
+                a.ptr
+                    .wrapping_offset((row0 + i.min(rows - 1)) as isize * a.rs)
+            });
+            // SAFETY: AVX-512 confirmed above; rows row0..row0+rows are readable for kc
+            // floats (cs == 1); the chunk holds kc*12 floats.
+            unsafe {
+                crate::kernels::x86_64::avx512_pack_f32::avx512_pack_a_f32_12(
+                    &ptrs,
+                    rows,
+                    kc,
+                    chunk.as_mut_ptr(),
+                )
+            };
+            continue;
+        }
         if a.cs == 1 {
             // Rows as slices; write k-major so the stores are sequential.
             let mut src: [&[f32]; 16] = [&[]; 16];
@@ -113,6 +133,29 @@ pub fn pack_b<T: WeightElement>(b: MatRef<T>, nr: usize, out: &mut [f32]) {
     }
 }
 
+/// Copies one full panel row with a fixed width, so it compiles to vector moves
+/// instead of a `memmove` call per 128-byte row.
+#[inline(always)]
+fn copy_row<T: WeightElement>(src: &[T], dst: &mut [f32]) {
+    fn fixed<T: WeightElement, const W: usize>(src: &[T], dst: &mut [f32]) {
+        if let (Ok(s), Ok(d)) = (<&[T; W]>::try_from(src), <&mut [f32; W]>::try_from(dst)) {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = s.to_f32();
+            }
+        }
+    }
+    match dst.len() {
+        32 => fixed::<T, 32>(src, dst),
+        16 => fixed::<T, 16>(src, dst),
+        8 => fixed::<T, 8>(src, dst),
+        _ => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s.to_f32();
+            }
+        }
+    }
+}
+
 /// Packs one panel of `nr` columns starting at column `col0`.
 pub fn pack_b_panel<T: WeightElement>(b: MatRef<T>, col0: usize, nr: usize, out: &mut [f32]) {
     let (kc, nc) = (b.rows, b.cols);
@@ -124,10 +167,14 @@ pub fn pack_b_panel<T: WeightElement>(b: MatRef<T>, col0: usize, nr: usize, out:
                 std::slice::from_raw_parts(b.ptr.offset(p as isize * b.rs + col0 as isize), cols)
             };
             let dst = &mut out[p * nr..p * nr + nr];
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = s.to_f32();
+            if cols == nr {
+                copy_row(src, dst);
+            } else {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = s.to_f32();
+                }
+                dst[cols..].fill(0.0);
             }
-            dst[cols..].fill(0.0);
         }
     } else {
         for j in 0..cols {

@@ -1,7 +1,7 @@
 //! AVX-512 small-M GEMM for row-major f32 B (numpy's `x @ W` with M ≤ 8 rows):
-//! the memory-bound decode case. Four rows of B are consumed per sweep across
+//! the memory-bound decode case. Eight rows of B are consumed per sweep across
 //! a column range, accumulating into C (kept in L1/L2), so B is read exactly
-//! once as four sequential streams and each C store carries four FMAs.
+//! once as eight sequential streams and each C store carries eight FMAs.
 
 use std::arch::x86_64::*;
 
@@ -25,6 +25,7 @@ pub unsafe fn avx512_gemv_kn_f32(
     n1: usize,
 ) {
     const W: usize = 32;
+    const KB: usize = 8;
     let full_end = n0 + (n1 - n0) / W * W;
     for r in 0..m {
         // SAFETY: row r, columns n0..n1 of C are writable.
@@ -32,14 +33,14 @@ pub unsafe fn avx512_gemv_kn_f32(
     }
     let mut p0 = 0;
     while p0 < k {
-        let kb = 4.min(k - p0);
+        let kb = KB.min(k - p0);
         // Rows past k are read as row p0 with a zero coefficient (keeps the loop branch-free).
-        let rows: [*const f32; 4] =
+        let rows: [*const f32; KB] =
             std::array::from_fn(|q| b.wrapping_add((p0 + if q < kb { q } else { 0 }) * ldb));
         let mut j = n0;
         while j < full_end {
-            // SAFETY: columns j..j+32 < n1 of the four (valid) rows are readable.
-            let bv: [[__m512; 2]; 4] = unsafe {
+            // SAFETY: columns j..j+32 < n1 of the KB (valid) rows are readable.
+            let bv: [[__m512; 2]; KB] = unsafe {
                 std::array::from_fn(|q| {
                     [
                         _mm512_loadu_ps(rows[q].add(j)),

@@ -14,6 +14,7 @@ pub mod avx512_gemv_f32;
 pub mod avx512_mmm_bf16_12x32;
 pub mod avx512_mmm_f32_12x32;
 pub mod avx512_norm;
+pub mod avx512_pack_f32;
 pub mod avx512_reduce;
 pub mod avx512_softmax;
 pub mod peak;
