@@ -49,19 +49,30 @@ pub fn for_each_chunk<T: Send>(
         f(0, out);
         return;
     }
-    match super::threads::pool() {
-        Some(pool) => pool.install(|| {
-            use rayon::prelude::*;
-            out.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(i, c)| f(i * per_task, c))
-        }),
-        None => out
-            .chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i * per_task, c)),
+    let chunks = out.len().div_ceil(chunk);
+    let len = out.len();
+    let base = SendMut(out.as_mut_ptr());
+    super::threads::parallel_for(chunks, |i| {
+        let start = i * chunk;
+        let n = chunk.min(len - start);
+        // SAFETY: chunk i covers out[start .. start + n], disjoint from every other
+        // chunk, and `out` outlives the parallel_for call.
+        let c = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), n) };
+        f(i * per_task, c)
+    });
+}
+
+/// A pointer to a buffer whose disjoint chunks are filled by parallel tasks.
+struct SendMut<T>(*mut T);
+impl<T> SendMut<T> {
+    fn get(&self) -> *mut T {
+        self.0
     }
 }
+// SAFETY: tasks only touch disjoint chunks of the buffer (see `for_each_chunk`).
+unsafe impl<T: Send> Send for SendMut<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SendMut<T> {}
 
 /// `out = op(x)` for f32 on the given tier. `isa` must come from
 /// [`crate::kernels::isa`] (or be a tier [`Isa::is_supported`] confirmed).

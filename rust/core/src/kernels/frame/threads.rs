@@ -1,14 +1,146 @@
 //! The runtime's one thread pool. Its size comes from `RTSERVE_NUM_THREADS`,
-//! else the number of physical cores; [`set_num_threads`] replaces it (for
+//! else the number of physical cores; [`set_num_threads`] resizes it (for
 //! benchmarks at 1 and 2 threads). Kernels never spawn threads of their own.
+//!
+//! `parallel_for` hands task indices out from a shared counter; the calling
+//! thread works too. After a job, helper threads spin for a short while
+//! (`SPIN`) before sleeping, so the back-to-back small calls of a decode loop
+//! do not pay an OS wake-up each (the same trade OpenBLAS and llama.cpp make).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+/// How long an idle helper keeps polling for the next job before it sleeps.
+const SPIN: Duration = Duration::from_micros(200);
+
+type TaskFn = dyn Fn(usize) + Sync;
+type Panic = Box<dyn std::any::Any + Send>;
+
+/// One `parallel_for` call. The function pointer's lifetime is erased: it is
+/// only called for claimed task indices below `tasks`, and the caller does not
+/// return before every claimed task has finished (`done == tasks`).
+struct Job {
+    func: *const TaskFn,
+    tasks: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    panic: Mutex<Option<Panic>>,
+}
+
+// SAFETY: `func` points to a `Sync` closure that outlives every call made through
+// it (see `Job`); the other fields are atomics or a mutex.
+unsafe impl Send for Job {}
+// SAFETY: as above.
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Claims and runs tasks until none are left.
+    fn work(&self) {
+        loop {
+            let t = self.next.fetch_add(1, Ordering::Relaxed);
+            if t >= self.tasks {
+                return;
+            }
+            // SAFETY: t < tasks was claimed by this thread alone, so the caller of
+            // `parallel_for` is still waiting for it and the closure is alive.
+            let f = unsafe { &*self.func };
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(t))) {
+                if let Ok(mut slot) = self.panic.lock() {
+                    slot.get_or_insert(p);
+                }
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+struct Shared {
+    seq: AtomicU64,
+    current: Mutex<Option<Arc<Job>>>,
+    sleep: Mutex<()>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
 struct Pool {
     threads: usize,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            seq: AtomicU64::new(0),
+            current: Mutex::new(None),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let workers = (1..threads)
+            .filter_map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("rtserve-{i}"))
+                    .spawn(move || worker(&shared))
+                    .ok()
+            })
+            .collect();
+        Pool {
+            threads,
+            shared,
+            workers,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Ok(_guard) = self.shared.sleep.lock() {
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(shared: &Shared) {
+    let mut seen = shared.seq.load(Ordering::Acquire);
+    loop {
+        // Spin, then sleep, until a new job is published.
+        let start = Instant::now();
+        while shared.seq.load(Ordering::Acquire) == seen && start.elapsed() < SPIN {
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        if shared.seq.load(Ordering::Acquire) == seen {
+            let Ok(mut guard) = shared.sleep.lock() else {
+                return;
+            };
+            while shared.seq.load(Ordering::Acquire) == seen && !shared.stop.load(Ordering::SeqCst)
+            {
+                guard = match shared.wake.wait_timeout(guard, Duration::from_millis(100)) {
+                    Ok((g, _)) => g,
+                    Err(_) => return,
+                };
+            }
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        seen = shared.seq.load(Ordering::Acquire);
+        let job = shared.current.lock().ok().and_then(|j| j.clone());
+        if let Some(job) = job {
+            job.work();
+        }
+    }
 }
 
 fn state() -> &'static Mutex<Pool> {
@@ -19,11 +151,8 @@ fn state() -> &'static Mutex<Pool> {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or_else(num_cpus::get_physical)
-            .max(1);
-        Mutex::new(Pool {
-            threads,
-            pool: None,
-        })
+            .clamp(1, 1024);
+        Mutex::new(Pool::new(threads))
     })
 }
 
@@ -32,7 +161,7 @@ pub fn num_threads() -> usize {
     state().lock().map(|p| p.threads).unwrap_or(1)
 }
 
-/// Resizes the pool (the old one finishes its work and is dropped when unused).
+/// Resizes the pool (waits for a running job to finish first).
 pub fn set_num_threads(threads: usize) -> Result<()> {
     if threads == 0 || threads > 1024 {
         return Err(Error::Unsupported(format!(
@@ -43,51 +172,88 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
         .lock()
         .map_err(|_| Error::Internal("thread pool lock poisoned".into()))?;
     if p.threads != threads {
-        p.threads = threads;
-        p.pool = None;
+        p.shutdown();
+        *p = Pool::new(threads);
     }
     Ok(())
 }
 
-/// The pool of helper threads (`num_threads() - 1` of them: the calling thread
-/// works too), or `None` when one thread is configured (work runs inline).
-pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
-    let mut p = state().lock().ok()?;
-    if p.threads <= 1 {
-        return None;
+/// Runs `f(i)` for every `i in 0..tasks`, on the calling thread and the pool's
+/// helpers. One job runs at a time: a call made while another thread's job is
+/// running (several Python threads at once) runs its tasks inline.
+pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
+    if tasks <= 1 {
+        (0..tasks).for_each(f);
+        return;
     }
-    if p.pool.is_none() {
-        p.pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(p.threads - 1)
-            .thread_name(|i| format!("rtserve-{i}"))
-            .build()
-            .ok()
-            .map(Arc::new);
+    // Holding the pool lock for the whole job serialises jobs and keeps the pool
+    // from being resized under them.
+    let pool = match state().try_lock() {
+        Ok(p) if p.threads > 1 && !p.workers.is_empty() => p,
+        _ => {
+            (0..tasks).for_each(f);
+            return;
+        }
+    };
+    let func: &(dyn Fn(usize) + Sync + '_) = &f;
+    // SAFETY: lifetime erasure (see `Job`); this function waits for `done == tasks`
+    // below before `f` goes out of scope, also when a task panics.
+    let func: *const TaskFn =
+        unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static TaskFn>(func) };
+    let job = Arc::new(Job {
+        func,
+        tasks,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        panic: Mutex::new(None),
+    });
+    if let Ok(mut current) = pool.shared.current.lock() {
+        *current = Some(job.clone());
     }
-    p.pool.clone()
+    pool.shared.seq.fetch_add(1, Ordering::AcqRel);
+    if let Ok(_guard) = pool.shared.sleep.lock() {
+        pool.shared.wake.notify_all();
+    }
+    job.work();
+    let mut spins = 0u32;
+    while job.done.load(Ordering::Acquire) < tasks {
+        spins += 1;
+        if spins < 1 << 16 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    if let Ok(mut current) = pool.shared.current.lock() {
+        *current = None;
+    }
+    drop(pool);
+    let panic = job.panic.lock().ok().and_then(|mut p| p.take());
+    if let Some(p) = panic {
+        resume_unwind(p);
+    }
 }
 
-/// Runs `f(i)` for `i in 0..tasks`: the calling thread and the pool's helpers
-/// take task indices from a shared counter (so the caller never just waits, and
-/// a short call costs one wake-up of the helpers, not a hand-off and back).
-pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
-    let pool = match pool() {
-        Some(pool) if tasks > 1 => pool,
-        _ => return (0..tasks).for_each(f),
-    };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || loop {
-        let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if t >= tasks {
-            break;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once_and_panics_propagate() {
+        let hits: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+        for _ in 0..50 {
+            parallel_for(hits.len(), |i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
         }
-        f(t);
-    };
-    let helpers = pool.current_num_threads().min(tasks - 1);
-    pool.in_place_scope(|scope| {
-        for _ in 0..helpers {
-            scope.spawn(|_| work());
-        }
-        work();
-    });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
+        let r = catch_unwind(|| parallel_for(64, |i| assert!(i != 33, "task 33 fails")));
+        assert!(r.is_err());
+        // The pool still works afterwards.
+        let sum = AtomicUsize::new(0);
+        parallel_for(10, |i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 45);
+    }
 }
