@@ -409,8 +409,12 @@ pub(crate) fn gemv_with(
     let chunk = if threads <= 1 {
         units
     } else {
+        // One contiguous column range per thread: long runs of each B row per
+        // stream suit the prefetchers better than many short ones.
+        // (Measured on Zen 5, 1x768x3072 at 2 threads: 90 GFLOP/s with 2 ranges,
+        // 72 with 4, 65 with 8.)
         units
-            .div_ceil(4 * threads)
+            .div_ceil(threads)
             .next_multiple_of(64 / unit_cols.min(64))
             .max(1)
     };
