@@ -715,71 +715,46 @@ impl Tile {
     /// # Safety
     /// `c` is a writable MR × NR tile with row stride `ldc`; panels as in `run`.
     unsafe fn call(&self, c: *mut f32, ldc: usize, accumulate: bool) {
-        match self.kind {
-            // SAFETY: generic kernel has no ISA requirement; panels are valid.
-            KernelKind::F32 { isa: Isa::Generic } => unsafe {
-                generic::generic_mmm_f32_4x8(
-                    self.kc,
-                    self.a_f32,
-                    self.b_f32,
-                    c,
-                    ldc,
-                    accumulate,
-                    self.prefetch,
-                )
-            },
+        type F32Kernel = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool, Prefetch);
+        let f32_kernel: F32Kernel = match self.kind {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Avx2 is only chosen after dispatch confirmed AVX2+FMA.
-            KernelKind::F32 { isa: Isa::Avx2 } => unsafe {
-                crate::kernels::x86_64::avx2_mmm_f32_6x16::avx2_mmm_f32_6x16(
-                    self.kc,
-                    self.a_f32,
-                    self.b_f32,
-                    c,
-                    ldc,
-                    accumulate,
-                    self.prefetch,
-                )
-            },
+            KernelKind::F32 { isa: Isa::Avx2 } => {
+                crate::kernels::x86_64::avx2_mmm_f32_6x16::avx2_mmm_f32_6x16
+            }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Avx512 is only chosen after dispatch confirmed AVX-512.
-            KernelKind::F32 { isa: Isa::Avx512 } => unsafe {
-                crate::kernels::x86_64::avx512_mmm_f32_12x32::avx512_mmm_f32_12x32(
-                    self.kc,
-                    self.a_f32,
-                    self.b_f32,
-                    c,
-                    ldc,
-                    accumulate,
-                    self.prefetch,
-                )
-            },
+            KernelKind::F32 { isa: Isa::Avx512 } => {
+                crate::kernels::x86_64::avx512_mmm_f32_12x32::avx512_mmm_f32_12x32
+            }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Bf16Avx512 is only chosen when the CPU reports AVX512_BF16.
-            KernelKind::Bf16Avx512 => unsafe {
-                crate::kernels::x86_64::avx512_mmm_bf16_12x32::avx512_mmm_bf16_12x32(
-                    self.kc.div_ceil(2),
-                    self.a_bf16,
-                    self.b_bf16,
-                    c,
-                    ldc,
-                    accumulate,
-                    self.prefetch,
-                )
-            },
-            #[cfg(not(target_arch = "x86_64"))]
-            // SAFETY: only the generic kernel exists off x86_64.
-            _ => unsafe {
-                generic::generic_mmm_f32_4x8(
-                    self.kc,
-                    self.a_f32,
-                    self.b_f32,
-                    c,
-                    ldc,
-                    accumulate,
-                    self.prefetch,
-                )
-            },
+            KernelKind::Bf16Avx512 => {
+                // SAFETY: Bf16Avx512 is only chosen when the CPU reports AVX512_BF16;
+                // the packed bf16 panels are valid for kc (forwarded caller guarantees).
+                return unsafe {
+                    crate::kernels::x86_64::avx512_mmm_bf16_12x32::avx512_mmm_bf16_12x32(
+                        self.kc.div_ceil(2),
+                        self.a_bf16,
+                        self.b_bf16,
+                        c,
+                        ldc,
+                        accumulate,
+                        self.prefetch,
+                    )
+                };
+            }
+            _ => generic::generic_mmm_f32_4x8,
+        };
+        // SAFETY: each SIMD kind is only chosen after dispatch confirmed its ISA (the
+        // generic kernel has no requirement); panels and tile as the caller guarantees.
+        unsafe {
+            f32_kernel(
+                self.kc,
+                self.a_f32,
+                self.b_f32,
+                c,
+                ldc,
+                accumulate,
+                self.prefetch,
+            )
         }
     }
 }
