@@ -14,7 +14,7 @@ use crate::kernels::dispatch::{cpu, isa, Isa};
 use crate::kernels::frame::epilogue::{apply_row, Epilogue};
 use crate::kernels::frame::gemv;
 use crate::kernels::frame::pack::{
-    pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panel, MatRef,
+    pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panel, pack_b_panels, MatRef,
 };
 use crate::kernels::frame::prefetch::Prefetch;
 use crate::kernels::frame::threads::{num_threads, parallel_for};
@@ -346,14 +346,46 @@ thread_local! {
 /// One (jc, pc) block of packed B, as the micro-kernels read it.
 #[derive(Copy, Clone)]
 struct BBlock<'a> {
-    f32: &'a [f32],
-    bf16: &'a [u16],
+    f32: *const f32,
+    bf16: *const u16,
+    /// When set, panels are packed on first use (by the first row block), so the
+    /// packed panel is still in L1/L2 when the micro-kernels first read it.
+    lazy: Option<LazyPack<'a>>,
     /// Packed elements per panel.
     panel_len: usize,
     jc: usize,
     pc: usize,
     kc: usize,
 }
+
+// SAFETY: a BBlock only reads packed panels that no thread writes while it is
+// shared (lazy packing is used only by the single thread owning the block).
+unsafe impl Send for BBlock<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for BBlock<'_> {}
+
+/// What `pack_b_block` needs to pack one panel of a block on demand.
+#[derive(Copy, Clone)]
+struct LazyPack<'a> {
+    kind: KernelKind,
+    b: BSource<'a>,
+    block: (usize, usize, usize, usize),
+    bf: *mut f32,
+    bb: *mut u16,
+}
+
+impl LazyPack<'_> {
+    /// Packs `panels` of the block (each panel must be packed by one caller only).
+    fn pack(&self, panels: (usize, usize)) {
+        pack_b_block(self.kind, self.b, self.block, panels, self.bf, self.bb);
+    }
+}
+
+// SAFETY: lazy packing writes each panel from exactly one task (its owner), and
+// no task reads a panel before the barrier that follows its packing.
+unsafe impl Send for LazyPack<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for LazyPack<'_> {}
 
 /// Packs panels `panels` of the (jc, pc) block of B (kc × nc) into `bf`/`bb`
 /// (which hold the whole block), in the layout of `kind`.
@@ -367,6 +399,23 @@ fn pack_b_block(
 ) {
     let (_, nr) = kind.mr_nr();
     let panel_len = nr * kind.b_units(kc);
+    if kind != KernelKind::Bf16Avx512 && panels.0 < panels.1 {
+        // SAFETY: the caller sized `bf` for every panel of the block; this call owns
+        // panels panels.0 .. panels.1 exclusively.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                bf.add(panels.0 * panel_len),
+                (panels.1 - panels.0) * panel_len,
+            )
+        };
+        match b {
+            BSource::F32(s) => pack_b_panels(s.sub(pc, jc, kc, nc), nr, panels.0..panels.1, dst),
+            BSource::BF16(s) => pack_b_panels(s.sub(pc, jc, kc, nc), nr, panels.0..panels.1, dst),
+            BSource::F16(s) => pack_b_panels(s.sub(pc, jc, kc, nc), nr, panels.0..panels.1, dst),
+            BSource::Packed(_) => {}
+        }
+        return;
+    }
     for panel in panels.0..panels.1 {
         let col0 = panel * nr;
         match (kind, b) {
@@ -410,8 +459,9 @@ fn prepacked_block(
         _ => (&p.f32_data[at..at + n_panels * panel_len], &[]),
     };
     BBlock {
-        f32,
-        bf16,
+        f32: f32.as_ptr(),
+        bf16: bf16.as_ptr(),
+        lazy: None,
         panel_len,
         jc,
         pc,
@@ -458,6 +508,9 @@ fn macro_kernel(
             let lines = (panel_len * elem).div_ceil(64);
             let per_call = lines.div_ceil(n_ir);
             for panel in panels.0..panels.1 {
+                if let (Some(l), true) = (blk.lazy, ic == rows.0) {
+                    l.pack((panel, panel + 1));
+                }
                 let j0 = jc + panel * nr;
                 let ncur = nr.min(n_end - j0);
                 for (ir, i0) in (0..mcur).step_by(mr).enumerate() {
@@ -465,15 +518,9 @@ fn macro_kernel(
                     // Pull the next panel of this task towards L1 while this one is in use.
                     let prefetch = if panel + 1 < panels.1 {
                         let next = if kind == KernelKind::Bf16Avx512 {
-                            blk.bf16
-                                .as_ptr()
-                                .wrapping_add((panel + 1) * panel_len)
-                                .cast::<u8>()
+                            blk.bf16.wrapping_add((panel + 1) * panel_len).cast::<u8>()
                         } else {
-                            blk.f32
-                                .as_ptr()
-                                .wrapping_add((panel + 1) * panel_len)
-                                .cast::<u8>()
+                            blk.f32.wrapping_add((panel + 1) * panel_len).cast::<u8>()
                         };
                         Prefetch::new(
                             next,
@@ -489,8 +536,8 @@ fn macro_kernel(
                         prefetch,
                         a_f32: af.as_ptr().wrapping_add(ir * mr * kc),
                         a_bf16: ab.as_ptr().wrapping_add(ir * mr * kc.div_ceil(2)),
-                        b_f32: blk.f32.as_ptr().wrapping_add(panel * panel_len),
-                        b_bf16: blk.bf16.as_ptr().wrapping_add(panel * panel_len),
+                        b_f32: blk.f32.wrapping_add(panel * panel_len),
+                        b_bf16: blk.bf16.wrapping_add(panel * panel_len),
                     };
                     // SAFETY: the packed panels hold full MR/NR tiles of kc depth;
                     // C[ic+i0.., j0..] (mcur_r × ncur) is inside this task's disjoint
@@ -543,17 +590,17 @@ fn gemm_block(
                         } else {
                             bf.resize(n_panels * panel_len, 0.0);
                         }
-                        pack_b_block(
-                            kind,
-                            b,
-                            (jc, pc, kc, nc),
-                            (0, n_panels),
-                            bf.as_mut_ptr(),
-                            bb.as_mut_ptr(),
-                        );
+                        // Packed panel by panel as the first row block reaches it.
                         BBlock {
-                            f32: bf,
-                            bf16: bb,
+                            f32: bf.as_ptr(),
+                            bf16: bb.as_ptr(),
+                            lazy: Some(LazyPack {
+                                kind,
+                                b,
+                                block: (jc, pc, kc, nc),
+                                bf: bf.as_mut_ptr(),
+                                bb: bb.as_mut_ptr(),
+                            }),
                             panel_len,
                             jc,
                             pc,
@@ -604,6 +651,55 @@ fn gemm_shared_b(
             } else {
                 bf.resize(n_panels * panel_len, 0.0);
             }
+            let last = pc + kc == k;
+            let blk = BBlock {
+                f32: bf.as_ptr(),
+                bf16: bb.as_ptr(),
+                lazy: None,
+                panel_len,
+                jc,
+                pc,
+                kc,
+            };
+            if tn == 1 && n_panels >= tm {
+                // Two phases: each thread packs its share of the panels while computing
+                // its rows against them (packed panels are still hot), then, after the
+                // barrier, computes its rows against everyone else's panels.
+                let lazy = LazyPack {
+                    kind,
+                    b,
+                    block: (jc, pc, kc, nc),
+                    bf: bf.as_mut_ptr(),
+                    bb: bb.as_mut_ptr(),
+                };
+                let own = |t: usize| (n_panels * t / tm, n_panels * (t + 1) / tm);
+                let packing = BBlock {
+                    lazy: Some(lazy),
+                    ..blk
+                };
+                parallel_for(tm, |t| {
+                    let rows = split(m, mr, tm, t);
+                    let mine = own(t);
+                    if rows.0 < rows.1 {
+                        macro_kernel(kind, a, packing, rows, mine, jc + nc, last, out, epi);
+                    } else {
+                        // No rows for this thread: still pack its panels for the others.
+                        lazy.pack(mine);
+                    }
+                });
+                parallel_for(tm, |t| {
+                    let rows = split(m, mr, tm, t);
+                    let mine = own(t);
+                    if rows.0 < rows.1 {
+                        for range in [(0, mine.0), (mine.1, n_panels)] {
+                            if range.0 < range.1 {
+                                macro_kernel(kind, a, blk, rows, range, jc + nc, last, out, epi);
+                            }
+                        }
+                    }
+                });
+                continue;
+            }
             let targets = (SendPtr(bf.as_mut_ptr()), SendPtr(bb.as_mut_ptr()));
             let groups = threads.min(n_panels);
             parallel_for(groups, |g| {
@@ -617,29 +713,11 @@ fn gemm_shared_b(
                     targets.1.get(),
                 );
             });
-            let blk = BBlock {
-                f32: &bf,
-                bf16: &bb,
-                panel_len,
-                jc,
-                pc,
-                kc,
-            };
             parallel_for(tm * tn, |t| {
                 let rows = split(m, mr, tm, t / tn);
                 let (p_lo, p_hi) = (n_panels * (t % tn) / tn, n_panels * (t % tn + 1) / tn);
                 if rows.0 < rows.1 && p_lo < p_hi {
-                    macro_kernel(
-                        kind,
-                        a,
-                        blk,
-                        rows,
-                        (p_lo, p_hi),
-                        jc + nc,
-                        pc + kc == k,
-                        out,
-                        epi,
-                    );
+                    macro_kernel(kind, a, blk, rows, (p_lo, p_hi), jc + nc, last, out, epi);
                 }
             });
         }

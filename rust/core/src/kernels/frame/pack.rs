@@ -156,6 +156,48 @@ fn copy_row<T: WeightElement>(src: &[T], dst: &mut [f32]) {
     }
 }
 
+/// Packs panels `panels` (each `nr` columns) of a row-major (cs == 1) B into
+/// `out`, where panel `i` starts at `out[(i - panels.start) * nr * kc]`. Full
+/// panels are packed in groups sweeping B row by row, so each row is read as one
+/// contiguous run (prefetch-friendly) instead of once per panel; a partial last
+/// panel goes through `pack_b_panel`.
+pub fn pack_b_panels<T: WeightElement>(
+    b: MatRef<T>,
+    nr: usize,
+    panels: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    const GROUP: usize = 8;
+    let (kc, nc) = (b.rows, b.cols);
+    let panel_len = nr * kc;
+    let full_end = panels.end.min(nc / nr);
+    let mut panel = panels.start;
+    if b.cs == 1 {
+        while panel < full_end {
+            let g = GROUP.min(full_end - panel);
+            let base = (panel - panels.start) * panel_len;
+            for p in 0..kc {
+                // SAFETY: row p < kc and columns panel*nr .. (panel+g)*nr <= nc are inside the view.
+                let src = unsafe {
+                    std::slice::from_raw_parts(
+                        b.ptr.offset(p as isize * b.rs + (panel * nr) as isize),
+                        g * nr,
+                    )
+                };
+                for (q, chunk) in src.chunks_exact(nr).enumerate() {
+                    let at = base + q * panel_len + p * nr;
+                    copy_row(chunk, &mut out[at..at + nr]);
+                }
+            }
+            panel += g;
+        }
+    }
+    for i in panel..panels.end {
+        let at = (i - panels.start) * panel_len;
+        pack_b_panel(b, i * nr, nr, &mut out[at..at + panel_len]);
+    }
+}
+
 /// Packs one panel of `nr` columns starting at column `col0`.
 pub fn pack_b_panel<T: WeightElement>(b: MatRef<T>, col0: usize, nr: usize, out: &mut [f32]) {
     let (kc, nc) = (b.rows, b.cols);
