@@ -37,6 +37,14 @@ pub unsafe fn avx512_gemv_kn_f32(
         // Rows past k are read as row p0 with a zero coefficient (keeps the loop branch-free).
         let rows: [*const f32; KB] =
             std::array::from_fn(|q| b.wrapping_add((p0 + if q < kb { q } else { 0 }) * ldb));
+        // SAFETY: a[p0 + q] is inside A's first row for q < kb (zero otherwise).
+        let coef1: [__m512; KB] = std::array::from_fn(|q| {
+            _mm512_set1_ps(if q < kb {
+                unsafe { *a.add(p0 + q) }
+            } else {
+                0.0
+            })
+        });
         let mut j = n0;
         while j < full_end {
             // SAFETY: columns j..j+32 < n1 of the KB (valid) rows are readable.
@@ -48,6 +56,22 @@ pub unsafe fn avx512_gemv_kn_f32(
                     ]
                 })
             };
+            if m == 1 {
+                // Decode: the 8 coefficients stay in registers for the whole sweep.
+                // SAFETY: C row 0 columns j..j+32 are inside the caller's region.
+                unsafe {
+                    let mut y0 = _mm512_loadu_ps(c.add(j));
+                    let mut y1 = _mm512_loadu_ps(c.add(j + 16));
+                    for (q, bq) in bv.iter().enumerate() {
+                        y0 = _mm512_fmadd_ps(coef1[q], bq[0], y0);
+                        y1 = _mm512_fmadd_ps(coef1[q], bq[1], y1);
+                    }
+                    _mm512_storeu_ps(c.add(j), y0);
+                    _mm512_storeu_ps(c.add(j + 16), y1);
+                }
+                j += W;
+                continue;
+            }
             for r in 0..m {
                 // SAFETY: C row r columns j..j+32 are inside the caller's region; a[r*k + p]
                 // is inside A for p < k (coefficients of padded rows are zero).
