@@ -1,7 +1,8 @@
 //! AVX-512 small-M GEMM for row-major f32 B (numpy's `x @ W` with M ≤ 8 rows):
-//! the memory-bound decode case. Eight rows of B are consumed per sweep across
+//! the memory-bound decode case. Four rows of B are consumed per sweep across
 //! a column range, accumulating into C (kept in L1/L2), so B is read exactly
-//! once as eight sequential streams and each C store carries eight FMAs.
+//! once as four sequential streams. (Measured on Zen 5 over eight placements
+//! of B: 4 rows give a median of 58 GFLOP/s at 1×576×1536, 8 rows 56, 16 rows 50.)
 
 use std::arch::x86_64::*;
 
@@ -25,7 +26,7 @@ pub unsafe fn avx512_gemv_kn_f32(
     n1: usize,
 ) {
     const W: usize = 32;
-    const KB: usize = 8;
+    const KB: usize = 4;
     let full_end = n0 + (n1 - n0) / W * W;
     for r in 0..m {
         // SAFETY: row r, columns n0..n1 of C are writable.
@@ -57,7 +58,7 @@ pub unsafe fn avx512_gemv_kn_f32(
                 })
             };
             if m == 1 {
-                // Decode: the 8 coefficients stay in registers for the whole sweep.
+                // Decode: the KB coefficients stay in registers for the whole sweep.
                 // SAFETY: C row 0 columns j..j+32 are inside the caller's region.
                 unsafe {
                     let mut y0 = _mm512_loadu_ps(c.add(j));
