@@ -178,3 +178,17 @@ def test_linear_on_3d_input_and_prepack_properties():
     got_b = rt.linear(x, pb).numpy()
     ref_b = x.astype(np.float64) @ w.astype(ml_dtypes.bfloat16).astype(np.float64).T
     np.testing.assert_allclose(got_b, ref_b, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("m", [1, 3, 40])
+def test_prepacked_weights_deeper_than_one_block(isa, m):
+    """K beyond the packing depth (1024 on AVX-512, 256 otherwise) spans several packed blocks."""
+    rng = np.random.default_rng(m)
+    k, n = 2100, 70
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    tol = f32_tol(x, w.T)
+    for weight in (w, rt.prepack(w)):
+        got = rt.linear(x, weight).numpy()
+        assert np.all(np.abs(got - ref) <= tol)
