@@ -25,14 +25,14 @@ fn available_isas() -> Vec<&'static str> {
 
 /// CPU features the kernels use, as a dict of name -> bool.
 #[pyfunction]
-fn cpu_features() -> Vec<(&'static str, bool)> {
+fn cpu_features() -> std::collections::BTreeMap<&'static str, bool> {
     let c = dispatch::cpu();
-    vec![
+    std::collections::BTreeMap::from([
         ("avx2_fma", c.avx2_fma),
         ("avx512", c.avx512),
         ("avx512_bf16", c.avx512_bf16),
         ("f16c", c.f16c),
-    ]
+    ])
 }
 
 /// Threads the kernels use.
