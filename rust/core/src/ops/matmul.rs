@@ -26,7 +26,12 @@ fn mat_f32(t: &Tensor, batch_offset: isize) -> MatRef<f32> {
 }
 
 /// B operand of a tensor (2-D view at `batch_offset` elements), transposed when `t`.
-fn b_source(t: &Tensor, batch_offset: isize, transposed: bool) -> Result<BSource<'static>> {
+fn b_source(
+    op: &str,
+    t: &Tensor,
+    batch_offset: isize,
+    transposed: bool,
+) -> Result<BSource<'static>> {
     let nd = t.ndim();
     let (mut rows, mut cols) = (t.shape()[nd - 2], t.shape()[nd - 1]);
     let (mut rs, mut cs) = (t.strides()[nd - 2], t.strides()[nd - 1]);
@@ -51,7 +56,7 @@ fn b_source(t: &Tensor, batch_offset: isize, transposed: bool) -> Result<BSource
         DType::F16 => BSource::F16(view!(f16)),
         d => {
             return Err(Error::dtype(
-                "matmul",
+                op,
                 format!("weights of dtype {d} are not supported (f32, bf16 or f16)"),
             ))
         }
@@ -130,7 +135,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let c = &mut out_f32[bi * m * n..(bi + 1) * m * n];
         gemm(
             mat_f32(&a3, oa),
-            b_source(&b3, ob, false)?,
+            b_source("matmul", &b3, ob, false)?,
             c,
             n,
             &Epilogue::default(),
@@ -165,7 +170,7 @@ pub fn prepack(w: &Tensor) -> Result<PackedWeight> {
             format!("weight must be 2-D [out, in], got {:?}", w.shape()),
         ));
     }
-    let packed = pack_b_for_reuse(b_source(w, 0, true)?)?;
+    let packed = pack_b_for_reuse(b_source("prepack", w, 0, true)?)?;
     Ok(PackedWeight {
         out_features: w.shape()[0],
         in_features: w.shape()[1],
@@ -263,7 +268,7 @@ pub fn linear(
     };
     let mut out = f32_buffer("linear", m * n)?;
     let b = match &w {
-        Weight::Tensor(t) => b_source(t, 0, true)?,
+        Weight::Tensor(t) => b_source("linear", t, 0, true)?,
         Weight::Packed(p) => BSource::Packed(&p.packed),
     };
     gemm(mat_f32(&x2, 0), b, out.as_mut_f32(), n, &epi)?;
