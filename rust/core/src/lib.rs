@@ -11,6 +11,7 @@ pub mod formats;
 pub mod kernels;
 pub mod layout;
 pub mod ops;
+pub mod plan;
 pub mod shape;
 pub mod storage;
 pub mod tensor;
