@@ -1,0 +1,50 @@
+"""The runtime thread pool under concurrent Python callers (the GIL is released in kernels)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import rtserve as rt
+
+
+def test_concurrent_callers_get_the_serial_results():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 300), dtype=np.float32)
+    b = rng.standard_normal((300, 500), dtype=np.float32)
+    x = rng.standard_normal((64, 1000), dtype=np.float32)
+    expected_mm = rt.matmul(a, b).numpy().copy()
+    expected_sm = rt.softmax(x).numpy().copy()
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        for i in range(20):
+            if (seed + i) % 2:
+                got = rt.matmul(a, b).numpy()
+                if not np.array_equal(got, expected_mm):
+                    errors.append(f"matmul differs in thread {seed}")
+            else:
+                got = rt.softmax(x).numpy()
+                if not np.array_equal(got, expected_sm):
+                    errors.append(f"softmax differs in thread {seed}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors, errors
+
+
+def test_resizing_the_pool_between_calls():
+    before = rt.num_threads()
+    a = np.ones((100, 100), np.float32)
+    try:
+        for n in (1, 3, 2, 1, before):
+            rt.set_num_threads(n)
+            assert rt.num_threads() == n
+            assert float(rt.matmul(a, a).numpy()[0, 0]) == 100.0
+    finally:
+        rt.set_num_threads(before)
