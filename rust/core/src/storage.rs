@@ -309,6 +309,17 @@ mod tests {
     }
 
     #[test]
+    fn recycled_buffers_are_zeroed_when_asked() {
+        let len = 3 << 20;
+        let mut b = AlignedBuffer::zeroed(len).unwrap();
+        b.as_mut_slice().fill(7);
+        drop(b); // goes to the reuse pool
+        let again = AlignedBuffer::zeroed(len).unwrap();
+        assert!(again.as_slice().iter().all(|&x| x == 0));
+        assert_eq!(again.as_slice().as_ptr() as usize % ALIGN, 0);
+    }
+
+    #[test]
     fn impossible_allocation_is_an_error() {
         assert!(matches!(
             AlignedBuffer::zeroed(usize::MAX - 8),
