@@ -38,3 +38,28 @@ def isa(request):
         yield request.param
     finally:
         rtserve.set_isa(before)
+
+
+def run_in_threads(worker, count: int = 4, timeout: float = 120.0) -> list[str]:
+    """Runs worker(i) on `count` threads; returns the errors they reported or raised.
+
+    The worker returns a list of problems (empty when fine); an exception counts as one.
+    """
+    import threading
+
+    errors: list[str] = []
+
+    def wrapped(i: int) -> None:
+        try:
+            errors.extend(worker(i) or [])
+        except Exception as e:  # noqa: BLE001 (reported to the test)
+            errors.append(f"thread {i}: {e!r}")
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    if any(t.is_alive() for t in threads):
+        errors.append("a thread hung")
+    return errors

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 import rtserve as rt
+from conftest import run_in_threads
 
 
 def test_concurrent_callers_get_the_serial_results():
@@ -16,25 +15,18 @@ def test_concurrent_callers_get_the_serial_results():
     x = rng.standard_normal((64, 1000), dtype=np.float32)
     expected_mm = rt.matmul(a, b).numpy().copy()
     expected_sm = rt.softmax(x).numpy().copy()
-    errors: list[str] = []
 
-    def worker(seed: int) -> None:
+    def worker(seed: int) -> list[str]:
+        errors = []
         for i in range(20):
             if (seed + i) % 2:
-                got = rt.matmul(a, b).numpy()
-                if not np.array_equal(got, expected_mm):
+                if not np.array_equal(rt.matmul(a, b).numpy(), expected_mm):
                     errors.append(f"matmul differs in thread {seed}")
-            else:
-                got = rt.softmax(x).numpy()
-                if not np.array_equal(got, expected_sm):
-                    errors.append(f"softmax differs in thread {seed}")
+            elif not np.array_equal(rt.softmax(x).numpy(), expected_sm):
+                errors.append(f"softmax differs in thread {seed}")
+        return errors
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
+    errors = run_in_threads(worker)
     assert not errors, errors
 
 

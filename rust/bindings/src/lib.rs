@@ -11,6 +11,7 @@ mod dlpack;
 mod errors;
 mod numpy_interop;
 mod py_attention;
+mod py_graph;
 mod py_matmul;
 mod py_ops;
 mod py_runtime;
@@ -105,6 +106,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py_matmul::register(m)?;
     py_ops::register(m)?;
     py_attention::register(m)?;
+    py_graph::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "DTYPES",

@@ -7,7 +7,9 @@
 pub mod cast;
 pub mod dtype;
 pub mod error;
+pub mod exec;
 pub mod formats;
+pub mod graph;
 pub mod kernels;
 pub mod layout;
 pub mod ops;

@@ -1,0 +1,605 @@
+//! `rt.Graph` (the builder), `rt.Value` (a node's output), `rt.Compiled` (the
+//! runnable graph) and `rt.CancelToken`. Building checks shapes at once, so
+//! errors raise where the mistake is; `Compiled.run` releases the GIL, and one
+//! `Compiled` may run on several threads at the same time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
+use rtserve_core::exec::{CancelToken, Compiled};
+use rtserve_core::graph::{Dim, Graph, TensorType, ValueId};
+use rtserve_core::kernels::frame::epilogue::Activation;
+use rtserve_core::kernels::generic::elementwise::{Binary, Unary};
+use rtserve_core::{DType, Tensor};
+
+use crate::errors::{core, detached, device_error, guard};
+use crate::py_tensor::{parse_dtype, to_tensor, PyTensor};
+
+/// Devices `compile` accepts (the device registry comes later).
+const DEVICES: [&str; 1] = ["cpu"];
+
+/// Tells graphs apart, so a Value is never used in a graph it does not belong to.
+static NEXT_GRAPH: AtomicU64 = AtomicU64::new(0);
+
+/// The output of one node of a Graph: its symbolic shape and dtype.
+#[pyclass(name = "Value", module = "rtserve", frozen)]
+pub struct PyValue {
+    graph: u64,
+    id: ValueId,
+    ty: TensorType,
+}
+
+fn dims_tuple<'py>(py: Python<'py>, dims: &[Dim]) -> PyResult<Bound<'py, PyTuple>> {
+    let items = dims
+        .iter()
+        .map(|d| match d {
+            Dim::Known(n) => n.into_bound_py_any(py),
+            Dim::Sym(s) => s.as_str().into_bound_py_any(py),
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    PyTuple::new(py, items)
+}
+
+#[pymethods]
+impl PyValue {
+    /// Dims: ints, and strs for symbols (e.g. `("batch", 384)`).
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        dims_tuple(py, &self.ty.dims)
+    }
+
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.ty.dtype.name()
+    }
+
+    #[getter]
+    fn ndim(&self) -> usize {
+        self.ty.ndim()
+    }
+
+    /// The node id (`%id` in `Compiled.summary()`).
+    #[getter]
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Value(%{}: {})", self.id, self.ty)
+    }
+}
+
+/// One dim: an int >= 0 or a symbol name; `-1` too when `allow_infer`.
+fn parse_dim(obj: &Bound<'_, PyAny>, allow_infer: bool) -> PyResult<Option<Dim>> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        let s = s.to_cow()?;
+        if s.is_empty() {
+            return Err(PyValueError::new_err(
+                "a symbolic dim needs a non-empty name",
+            ));
+        }
+        return Ok(Some(Dim::sym(s.as_ref())));
+    }
+    if obj.is_instance_of::<PyBool>() || !obj.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "a dim must be an int or a symbol name (str), got {}",
+            obj.get_type().name()?
+        )));
+    }
+    match obj.extract::<i64>()? {
+        -1 if allow_infer => Ok(None),
+        n if n >= 0 => Ok(Some(Dim::Known(n as usize))),
+        n => Err(PyValueError::new_err(format!(
+            "dims must be >= 0{}, got {n}",
+            if allow_infer { " (or -1 once)" } else { "" }
+        ))),
+    }
+}
+
+fn parse_shape(obj: &Bound<'_, PyAny>, allow_infer: bool) -> PyResult<Vec<Option<Dim>>> {
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyInt>() {
+        return Ok(vec![parse_dim(obj, allow_infer)?]);
+    }
+    obj.try_iter()?
+        .map(|d| parse_dim(&d?, allow_infer))
+        .collect()
+}
+
+/// Builds a graph node by node; see `Graph.compile`.
+///
+/// Example: ``g = rt.Graph(); x = g.input("x", ("batch", 384)); g.output("y", g.gelu(x))``
+#[pyclass(name = "Graph", module = "rtserve")]
+pub struct PyGraph {
+    tag: u64,
+    graph: Graph,
+}
+
+impl PyGraph {
+    fn wrap(&self, id: rtserve_core::Result<ValueId>) -> PyResult<PyValue> {
+        let id = core(id)?;
+        let ty = core(self.graph.value_type(id))?.clone();
+        Ok(PyValue {
+            graph: self.tag,
+            id,
+            ty,
+        })
+    }
+
+    /// A Value of this graph, or a constant made from a tensor-like (a Python
+    /// scalar takes `like`'s dtype when given).
+    fn value(&mut self, obj: &Bound<'_, PyAny>, like: Option<DType>) -> PyResult<ValueId> {
+        if let Ok(v) = obj.cast::<PyValue>() {
+            let v = v.get();
+            if v.graph != self.tag {
+                return Err(PyValueError::new_err(format!(
+                    "{} belongs to another Graph",
+                    v.__repr__()
+                )));
+            }
+            return Ok(v.id);
+        }
+        let is_scalar = obj.is_instance_of::<PyFloat>()
+            || (obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>());
+        let t = match like {
+            Some(dtype) if is_scalar => {
+                core(Tensor::from_slice(&[obj.extract::<f64>()?], &[]).and_then(|t| t.cast(dtype)))?
+            }
+            _ => to_tensor(obj.py(), obj, false)?,
+        };
+        Ok(self.graph.constant(t))
+    }
+
+    fn value_dtype(&self, obj: &Bound<'_, PyAny>) -> Option<DType> {
+        obj.cast::<PyValue>().ok().map(|v| v.get().ty.dtype)
+    }
+
+    fn opt(&mut self, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<ValueId>> {
+        obj.filter(|o| !o.is_none())
+            .map(|o| self.value(o, None))
+            .transpose()
+    }
+
+    fn binary(
+        &mut self,
+        op: Binary,
+        a: &Bound<'_, PyAny>,
+        b: &Bound<'_, PyAny>,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let (da, db) = (self.value_dtype(a), self.value_dtype(b));
+            let a = self.value(a, db)?;
+            let b = self.value(b, da)?;
+            let r = self.graph.binary(op, a, b);
+            self.wrap(r)
+        })
+    }
+
+    fn unary(&mut self, op: Unary, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.unary(op, x);
+            self.wrap(r)
+        })
+    }
+}
+
+#[pymethods]
+impl PyGraph {
+    #[new]
+    fn new() -> Self {
+        PyGraph {
+            tag: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed),
+            graph: Graph::new(),
+        }
+    }
+
+    /// Declares an input; shape items are ints or symbol names (`("batch", 384)`).
+    #[pyo3(signature = (name, shape, dtype=None))]
+    fn input(
+        &mut self,
+        name: &str,
+        shape: &Bound<'_, PyAny>,
+        dtype: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let dims: Vec<Dim> = parse_shape(shape, false)?.into_iter().flatten().collect();
+            let dtype = dtype.map(parse_dtype).transpose()?.unwrap_or(DType::F32);
+            let r = self.graph.input(name, dims, dtype);
+            self.wrap(r)
+        })
+    }
+
+    /// A fixed tensor (weights); an rt.Tensor is shared, never copied.
+    fn constant(&mut self, tensor: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        guard(|| {
+            let t = to_tensor(tensor.py(), tensor, false)?;
+            let id = self.graph.constant(t);
+            self.wrap(Ok(id))
+        })
+    }
+
+    /// Names `value` as an output of the graph.
+    fn output(&mut self, name: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        guard(|| {
+            let v = self.value(value, None)?;
+            core(self.graph.output(name, v))
+        })
+    }
+
+    fn matmul(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        guard(|| {
+            let (a, b) = (self.value(a, None)?, self.value(b, None)?);
+            let r = self.graph.matmul(a, b);
+            self.wrap(r)
+        })
+    }
+
+    /// act(x · wᵀ + bias), w [out, in]; activation None, "relu", "gelu", "gelu_tanh" or "silu".
+    #[pyo3(signature = (x, w, bias=None, activation=None))]
+    fn linear(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        w: &Bound<'_, PyAny>,
+        bias: Option<&Bound<'_, PyAny>>,
+        activation: Option<&str>,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let act = match activation {
+                None => Activation::None,
+                Some(name) => Activation::from_name(name).ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "unknown activation '{name}'; use relu, gelu, gelu_tanh or silu"
+                    ))
+                })?,
+            };
+            let (x, w) = (self.value(x, None)?, self.value(w, None)?);
+            let bias = self.opt(bias)?;
+            let r = self.graph.linear(x, w, bias, act);
+            self.wrap(r)
+        })
+    }
+
+    fn add(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.binary(Binary::Add, a, b)
+    }
+    fn sub(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.binary(Binary::Sub, a, b)
+    }
+    fn mul(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.binary(Binary::Mul, a, b)
+    }
+    fn div(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.binary(Binary::Div, a, b)
+    }
+
+    fn gelu(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Gelu, x)
+    }
+    fn gelu_tanh(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::GeluTanh, x)
+    }
+    fn silu(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Silu, x)
+    }
+    fn relu(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Relu, x)
+    }
+    fn tanh(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Tanh, x)
+    }
+    fn exp(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Exp, x)
+    }
+
+    #[pyo3(signature = (x, axis=-1))]
+    fn softmax(&mut self, x: &Bound<'_, PyAny>, axis: isize) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.softmax(x, axis);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (x, weight=None, bias=None, eps=1e-5))]
+    fn layer_norm(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        weight: Option<&Bound<'_, PyAny>>,
+        bias: Option<&Bound<'_, PyAny>>,
+        eps: f64,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let (w, b) = (self.opt(weight)?, self.opt(bias)?);
+            let r = self.graph.layer_norm(x, w, b, eps);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (x, weight=None, eps=1e-6))]
+    fn rms_norm(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        weight: Option<&Bound<'_, PyAny>>,
+        eps: f64,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let w = self.opt(weight)?;
+            let r = self.graph.rms_norm(x, w, eps);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (x, theta=10000.0, interleaved=false))]
+    fn rope(&mut self, x: &Bound<'_, PyAny>, theta: f64, interleaved: bool) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.rope(x, theta, interleaved);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (q, k, v, causal=false, scale=None))]
+    fn attention(
+        &mut self,
+        q: &Bound<'_, PyAny>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        causal: bool,
+        scale: Option<f32>,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let (q, k, v) = (
+                self.value(q, None)?,
+                self.value(k, None)?,
+                self.value(v, None)?,
+            );
+            let r = self.graph.attention(q, k, v, causal, scale);
+            self.wrap(r)
+        })
+    }
+
+    fn embedding(
+        &mut self,
+        weight: &Bound<'_, PyAny>,
+        ids: &Bound<'_, PyAny>,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let (w, ids) = (self.value(weight, None)?, self.value(ids, None)?);
+            let r = self.graph.embedding(w, ids);
+            self.wrap(r)
+        })
+    }
+
+    /// New shape of ints, symbol names and at most one -1.
+    fn reshape(&mut self, x: &Bound<'_, PyAny>, shape: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let shape = parse_shape(shape, true)?;
+            let r = self.graph.reshape(x, &shape);
+            self.wrap(r)
+        })
+    }
+
+    fn transpose(&mut self, x: &Bound<'_, PyAny>, perm: Vec<usize>) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.transpose(x, &perm);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (values, axis=0))]
+    fn concat(&mut self, values: Vec<Bound<'_, PyAny>>, axis: isize) -> PyResult<PyValue> {
+        guard(|| {
+            let ids = values
+                .iter()
+                .map(|v| self.value(v, None))
+                .collect::<PyResult<Vec<_>>>()?;
+            let r = self.graph.concat(&ids, axis);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (x, axis=None, keepdims=false))]
+    fn sum(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        axis: Option<isize>,
+        keepdims: bool,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.sum(x, axis, keepdims);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (x, axis=None, keepdims=false))]
+    fn mean(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        axis: Option<isize>,
+        keepdims: bool,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.mean(x, axis, keepdims);
+            self.wrap(r)
+        })
+    }
+
+    fn cast(&mut self, x: &Bound<'_, PyAny>, dtype: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let dtype = parse_dtype(dtype)?;
+            let r = self.graph.cast(x, dtype);
+            self.wrap(r)
+        })
+    }
+
+    /// Freezes the graph for `device` (only "cpu" for now).
+    #[pyo3(signature = (device="cpu"))]
+    fn compile(&self, device: &str) -> PyResult<PyCompiled> {
+        guard(|| {
+            if !DEVICES.contains(&device) {
+                return Err(device_error(format!(
+                    "unknown or unavailable device '{device}'; available: {DEVICES:?}"
+                )));
+            }
+            Ok(PyCompiled {
+                inner: Arc::new(core(Compiled::new(&self.graph))?),
+            })
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.graph.nodes().len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Graph({} nodes, {} inputs, {} outputs)",
+            self.graph.nodes().len(),
+            self.graph.inputs().len(),
+            self.graph.outputs().len()
+        )
+    }
+}
+
+/// Stops a run from another thread: pass it to `Compiled.run(..., cancel=token)`.
+#[pyclass(name = "CancelToken", module = "rtserve", frozen)]
+pub struct PyCancelToken {
+    inner: CancelToken,
+}
+
+#[pymethods]
+impl PyCancelToken {
+    #[new]
+    fn new() -> Self {
+        PyCancelToken {
+            inner: CancelToken::new(),
+        }
+    }
+
+    /// Makes the runs holding this token raise CancelledError at their next node.
+    fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+}
+
+/// A compiled graph: immutable, safe to run from several threads at once.
+#[pyclass(name = "Compiled", module = "rtserve", frozen)]
+pub struct PyCompiled {
+    inner: Arc<Compiled>,
+}
+
+#[pymethods]
+impl PyCompiled {
+    /// Runs on `inputs` (name -> array-like) and returns name -> rt.Tensor.
+    /// Releases the GIL; `timeout` (seconds) or `cancel` raise CancelledError.
+    #[pyo3(signature = (inputs, timeout=None, cancel=None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        inputs: &Bound<'_, PyDict>,
+        timeout: Option<f64>,
+        cancel: Option<PyRef<'_, PyCancelToken>>,
+    ) -> PyResult<HashMap<String, PyTensor>> {
+        guard(|| {
+            let mut map = HashMap::with_capacity(inputs.len());
+            for (k, v) in inputs.iter() {
+                map.insert(k.extract::<String>()?, to_tensor(py, &v, false)?);
+            }
+            let base = cancel.map(|c| c.inner.clone()).unwrap_or_default();
+            let token = match timeout {
+                None => base,
+                Some(s) => base.with_timeout(Duration::try_from_secs_f64(s).map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "timeout must be a number of seconds >= 0, got {s}"
+                    ))
+                })?),
+            };
+            let compiled = Arc::clone(&self.inner);
+            let out = detached(py, move || compiled.run(&map, &token))?;
+            Ok(out
+                .into_iter()
+                .map(|(k, t)| (k, PyTensor::new(t)))
+                .collect())
+        })
+    }
+
+    /// The nodes (id, op, type, FLOPs) and the memory plan with every symbol = 1.
+    fn summary(&self) -> String {
+        self.inner.summary()
+    }
+
+    /// The arena plan at concrete dims, e.g. `memory_plan(batch=8, seq=128)`.
+    #[pyo3(signature = (**dims))]
+    fn memory_plan(
+        &self,
+        dims: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<HashMap<&'static str, usize>> {
+        guard(|| {
+            let mut sizes = HashMap::new();
+            if let Some(d) = dims {
+                for (k, v) in d.iter() {
+                    sizes.insert(k.extract::<String>()?, v.extract::<usize>()?);
+                }
+            }
+            let p = core(self.inner.memory_plan(&sizes))?;
+            Ok(HashMap::from([
+                ("planned_bytes", p.planned_bytes),
+                ("lower_bound_bytes", p.lower_bound_bytes),
+                ("naive_bytes", p.naive_bytes),
+                ("in_place", p.in_place),
+            ]))
+        })
+    }
+
+    /// Symbol names of the inputs, sorted.
+    #[getter]
+    fn symbols(&self) -> Vec<String> {
+        self.inner.symbols()
+    }
+
+    /// name -> (shape, dtype) of each input.
+    #[getter]
+    fn inputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, ty) in self.inner.inputs() {
+            d.set_item(name, (dims_tuple(py, &ty.dims)?, ty.dtype.name()))?;
+        }
+        Ok(d)
+    }
+
+    /// name -> (shape, dtype) of each output.
+    #[getter]
+    fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, ty) in self.inner.outputs() {
+            d.set_item(name, (dims_tuple(py, &ty.dims)?, ty.dtype.name()))?;
+        }
+        Ok(d)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyGraph>()?;
+    m.add_class::<PyValue>()?;
+    m.add_class::<PyCompiled>()?;
+    m.add_class::<PyCancelToken>()?;
+    Ok(())
+}

@@ -1,0 +1,869 @@
+//! Building a graph node by node. Each method checks its operands' dtypes and
+//! (symbolic) shapes and infers the output type, so mistakes surface here,
+//! naming the op and the shapes, and never in the middle of a run.
+//!
+//! Symbolic dims follow one rule: two dims match when they are equal (the
+//! same number or the same symbol). Broadcasting also lets a known 1 stretch
+//! to anything; two different symbols never broadcast, since nothing says
+//! they are equal at run time.
+
+use std::collections::HashMap;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::kernels::frame::epilogue::Activation;
+use crate::kernels::generic::elementwise::{Binary, Unary};
+use crate::shape::normalize_axis;
+use crate::tensor::Tensor;
+
+use super::dim::{format_dims, Dim};
+use super::node::{Node, TensorType, ValueId};
+use super::op::Op;
+
+/// A graph under construction: nodes in the order they were added (which is
+/// a valid execution order, since a node only reads earlier values).
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    inputs: Vec<(String, ValueId)>,
+    outputs: Vec<(String, ValueId)>,
+}
+
+fn dims_of(t: &Tensor) -> Vec<Dim> {
+    t.shape().iter().map(|&d| Dim::Known(d)).collect()
+}
+
+fn is_gemm_weight(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+fn need_float(op: &str, what: &str, ty: &TensorType) -> Result<()> {
+    if ty.dtype.is_float() {
+        Ok(())
+    } else {
+        Err(Error::dtype(
+            op,
+            format!("{what} must be a float tensor, got {ty}"),
+        ))
+    }
+}
+
+/// The numpy broadcast of two symbolic shapes.
+pub fn broadcast_dims(op: &str, a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    let at = |s: &[Dim], i: usize| {
+        if i + s.len() >= n {
+            s[i + s.len() - n].clone()
+        } else {
+            Dim::Known(1)
+        }
+    };
+    (0..n)
+        .map(|i| {
+            let (da, db) = (at(a, i), at(b, i));
+            if da == db || db.is_one() {
+                Ok(da)
+            } else if da.is_one() {
+                Ok(db)
+            } else {
+                Err(Error::shape(
+                    op,
+                    format!(
+                        "shapes {} and {} cannot be broadcast together ({da} vs {db})",
+                        format_dims(a),
+                        format_dims(b)
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Known product and symbols (sorted) of a shape.
+fn factors(dims: &[Dim]) -> (u128, Vec<&str>) {
+    let mut known = 1u128;
+    let mut syms = Vec::new();
+    for d in dims {
+        match d {
+            Dim::Known(n) => known = known.saturating_mul(*n as u128),
+            Dim::Sym(s) => syms.push(s.as_str()),
+        }
+    }
+    syms.sort_unstable();
+    (known, syms)
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Graph::default()
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// (name, value) of each input, in the order they were declared.
+    pub fn inputs(&self) -> &[(String, ValueId)] {
+        &self.inputs
+    }
+
+    /// (name, value) of each output, in the order they were declared.
+    pub fn outputs(&self) -> &[(String, ValueId)] {
+        &self.outputs
+    }
+
+    /// The type of value `v`.
+    pub fn value_type(&self, v: ValueId) -> Result<&TensorType> {
+        self.nodes.get(v).map(|n| &n.out).ok_or_else(|| {
+            Error::index(
+                "graph",
+                format!(
+                    "value %{v} does not exist (the graph has {})",
+                    self.nodes.len()
+                ),
+            )
+        })
+    }
+
+    fn ty(&self, v: ValueId) -> Result<TensorType> {
+        self.value_type(v).cloned()
+    }
+
+    fn push(&mut self, op: Op, inputs: Vec<ValueId>, out: TensorType) -> ValueId {
+        self.nodes.push(Node { op, inputs, out });
+        self.nodes.len() - 1
+    }
+
+    /// Declares an input `name` of `dtype` whose dims may be symbols.
+    pub fn input(&mut self, name: &str, dims: Vec<Dim>, dtype: DType) -> Result<ValueId> {
+        if self.inputs.iter().any(|(n, _)| n == name) {
+            return Err(Error::shape(
+                "input",
+                format!("an input named '{name}' already exists"),
+            ));
+        }
+        if let Some(Dim::Sym(_)) = dims
+            .iter()
+            .find(|d| matches!(d, Dim::Sym(s) if s.is_empty()))
+        {
+            return Err(Error::shape(
+                "input",
+                format!("input '{name}': a symbolic dim needs a non-empty name"),
+            ));
+        }
+        let id = self.push(
+            Op::Input {
+                name: name.to_owned(),
+            },
+            vec![],
+            TensorType::new(dtype, dims),
+        );
+        self.inputs.push((name.to_owned(), id));
+        Ok(id)
+    }
+
+    /// A fixed tensor (weights). The graph shares its storage: no copy.
+    pub fn constant(&mut self, t: Tensor) -> ValueId {
+        let ty = TensorType::new(t.dtype(), dims_of(&t));
+        self.push(Op::Constant(t), vec![], ty)
+    }
+
+    /// Marks `v` as the output `name` of the graph.
+    pub fn output(&mut self, name: &str, v: ValueId) -> Result<()> {
+        self.value_type(v)?;
+        if self.outputs.iter().any(|(n, _)| n == name) {
+            return Err(Error::shape(
+                "output",
+                format!("an output named '{name}' already exists"),
+            ));
+        }
+        self.outputs.push((name.to_owned(), v));
+        Ok(())
+    }
+
+    /// `a @ b` with numpy semantics: a f32; b f32, f16 or bf16; result f32.
+    pub fn matmul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        const OP: &str = "matmul";
+        let (ta, tb) = (self.ty(a)?, self.ty(b)?);
+        if ta.dtype != DType::F32 || !is_gemm_weight(tb.dtype) {
+            return Err(Error::dtype(
+                OP,
+                format!("needs f32 @ f32/f16/bf16, got {ta} @ {tb}"),
+            ));
+        }
+        if ta.ndim() == 0 || tb.ndim() == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("operands must have at least one dimension, got {ta} @ {tb}"),
+            ));
+        }
+        let mut a2 = ta.dims.clone();
+        if a2.len() == 1 {
+            a2.insert(0, Dim::Known(1));
+        }
+        let mut b2 = tb.dims.clone();
+        if b2.len() == 1 {
+            b2.push(Dim::Known(1));
+        }
+        let (m, k) = (&a2[a2.len() - 2], &a2[a2.len() - 1]);
+        let (kb, n) = (&b2[b2.len() - 2], &b2[b2.len() - 1]);
+        if k != kb {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "inner dimensions differ: {} @ {} ({k} != {kb})",
+                    format_dims(&ta.dims),
+                    format_dims(&tb.dims)
+                ),
+            ));
+        }
+        let mut dims = broadcast_dims(OP, &a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
+        if ta.ndim() > 1 {
+            dims.push(m.clone());
+        }
+        if tb.ndim() > 1 {
+            dims.push(n.clone());
+        }
+        Ok(self.push(Op::MatMul, vec![a, b], TensorType::new(DType::F32, dims)))
+    }
+
+    /// `act(x · Wᵀ + bias)`: x f32 [..., in], w [out, in], bias f32 [out]; result f32 [..., out].
+    pub fn linear(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        bias: Option<ValueId>,
+        activation: Activation,
+    ) -> Result<ValueId> {
+        const OP: &str = "linear";
+        let (tx, tw) = (self.ty(x)?, self.ty(w)?);
+        if tx.dtype != DType::F32 || !is_gemm_weight(tw.dtype) {
+            return Err(Error::dtype(
+                OP,
+                format!("needs f32 input and f32/f16/bf16 weight, got {tx} and {tw}"),
+            ));
+        }
+        if tx.ndim() == 0 || tw.ndim() != 2 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input must have at least one dimension and weight be 2-D [out, in], got {} and {}",
+                    format_dims(&tx.dims),
+                    format_dims(&tw.dims)
+                ),
+            ));
+        }
+        let (out_f, in_f) = (&tw.dims[0], &tw.dims[1]);
+        let kx = &tx.dims[tx.ndim() - 1];
+        if kx != in_f {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {} has {kx} features but the weight {} expects {in_f}",
+                    format_dims(&tx.dims),
+                    format_dims(&tw.dims)
+                ),
+            ));
+        }
+        let mut inputs = vec![x, w];
+        if let Some(b) = bias {
+            let tb = self.ty(b)?;
+            if tb.dtype != DType::F32 {
+                return Err(Error::dtype(OP, format!("bias must be f32, got {tb}")));
+            }
+            if tb.dims != [out_f.clone()] {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "bias must be [{out_f}] (the weight's out features), got {}",
+                        format_dims(&tb.dims)
+                    ),
+                ));
+            }
+            inputs.push(b);
+        }
+        let mut dims = tx.dims.clone();
+        let last = dims.len() - 1;
+        dims[last] = out_f.clone();
+        Ok(self.push(
+            Op::Linear {
+                activation,
+                has_bias: bias.is_some(),
+            },
+            inputs,
+            TensorType::new(DType::F32, dims),
+        ))
+    }
+
+    /// Elementwise `op(a, b)` with broadcasting; both operands of one dtype.
+    pub fn binary(&mut self, op: Binary, a: ValueId, b: ValueId) -> Result<ValueId> {
+        let name = op.name();
+        let (ta, tb) = (self.ty(a)?, self.ty(b)?);
+        if ta.dtype != tb.dtype {
+            return Err(Error::dtype(
+                name,
+                format!("operands have different dtypes: {ta} and {tb} (cast one first)"),
+            ));
+        }
+        if ta.dtype == DType::Bool || (!ta.dtype.is_float() && !op.takes_integers()) {
+            return Err(Error::dtype(
+                name,
+                format!("{name} is not defined for {} tensors", ta.dtype),
+            ));
+        }
+        let dims = broadcast_dims(name, &ta.dims, &tb.dims)?;
+        Ok(self.push(Op::Binary(op), vec![a, b], TensorType::new(ta.dtype, dims)))
+    }
+
+    pub fn add(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.binary(Binary::Add, a, b)
+    }
+    pub fn sub(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.binary(Binary::Sub, a, b)
+    }
+    pub fn mul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.binary(Binary::Mul, a, b)
+    }
+    pub fn div(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.binary(Binary::Div, a, b)
+    }
+
+    /// Elementwise `op(x)`: float tensors (neg, abs and relu also integers).
+    pub fn unary(&mut self, op: Unary, x: ValueId) -> Result<ValueId> {
+        let name = op.name();
+        let tx = self.ty(x)?;
+        if tx.dtype == DType::Bool || (!tx.dtype.is_float() && !op.takes_integers()) {
+            return Err(Error::dtype(
+                name,
+                format!("{name} needs a float tensor, got {tx}"),
+            ));
+        }
+        Ok(self.push(Op::Unary(op), vec![x], tx))
+    }
+
+    pub fn softmax(&mut self, x: ValueId, axis: isize) -> Result<ValueId> {
+        const OP: &str = "softmax";
+        let tx = self.ty(x)?;
+        need_float(OP, "x", &tx)?;
+        normalize_axis(OP, axis, tx.ndim())?;
+        Ok(self.push(Op::Softmax { axis }, vec![x], tx))
+    }
+
+    /// Checks x and the optional per-feature parameters of a norm.
+    fn norm_params(
+        &self,
+        op: &str,
+        x: ValueId,
+        params: &[(&str, Option<ValueId>)],
+        eps: f64,
+    ) -> Result<TensorType> {
+        let tx = self.ty(x)?;
+        need_float(op, "x", &tx)?;
+        let Some(last) = tx.dims.last() else {
+            return Err(Error::shape(
+                op,
+                "needs at least one dimension, got a 0-d tensor",
+            ));
+        };
+        if eps.is_nan() || eps < 0.0 {
+            return Err(Error::shape(op, format!("eps must be >= 0, got {eps}")));
+        }
+        for &(what, p) in params {
+            let Some(p) = p else { continue };
+            let tp = self.ty(p)?;
+            need_float(op, what, &tp)?;
+            if tp.dims != [last.clone()] {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{what} of shape {} does not match the normalized dimension of x {}",
+                        format_dims(&tp.dims),
+                        format_dims(&tx.dims)
+                    ),
+                ));
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Normalizes over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias.
+    pub fn layer_norm(
+        &mut self,
+        x: ValueId,
+        weight: Option<ValueId>,
+        bias: Option<ValueId>,
+        eps: f64,
+    ) -> Result<ValueId> {
+        let tx = self.norm_params("layer_norm", x, &[("weight", weight), ("bias", bias)], eps)?;
+        let inputs = std::iter::once(x).chain(weight).chain(bias).collect();
+        let op = Op::LayerNorm {
+            eps,
+            has_weight: weight.is_some(),
+            has_bias: bias.is_some(),
+        };
+        Ok(self.push(op, inputs, tx))
+    }
+
+    /// x / sqrt(mean(x²) + eps) * weight over the last dimension.
+    pub fn rms_norm(&mut self, x: ValueId, weight: Option<ValueId>, eps: f64) -> Result<ValueId> {
+        let tx = self.norm_params("rms_norm", x, &[("weight", weight)], eps)?;
+        let inputs = std::iter::once(x).chain(weight).collect();
+        let op = Op::RmsNorm {
+            eps,
+            has_weight: weight.is_some(),
+        };
+        Ok(self.push(op, inputs, tx))
+    }
+
+    /// Rotary embedding of x [batch, seq, heads, head_dim] at positions 0..seq.
+    pub fn rope(&mut self, x: ValueId, theta: f64, interleaved: bool) -> Result<ValueId> {
+        const OP: &str = "rope";
+        let tx = self.ty(x)?;
+        need_float(OP, "x", &tx)?;
+        if tx.ndim() != 4 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "x must have shape [batch, seq, heads, head_dim], got {}",
+                    format_dims(&tx.dims)
+                ),
+            ));
+        }
+        if let Dim::Known(d) = tx.dims[3] {
+            if d % 2 != 0 {
+                return Err(Error::shape(OP, format!("head_dim {d} must be even")));
+            }
+        }
+        if theta.is_nan() || theta <= 0.0 {
+            return Err(Error::shape(OP, format!("theta must be > 0, got {theta}")));
+        }
+        Ok(self.push(Op::Rope { theta, interleaved }, vec![x], tx))
+    }
+
+    /// Fused attention over q [b, sq, hq, d], k [b, sk, hkv, d], v [b, sk, hkv, dv] -> f32 [b, sq, hq, dv].
+    pub fn attention(
+        &mut self,
+        q: ValueId,
+        k: ValueId,
+        v: ValueId,
+        causal: bool,
+        scale: Option<f32>,
+    ) -> Result<ValueId> {
+        const OP: &str = "attention";
+        let (tq, tk, tv) = (self.ty(q)?, self.ty(k)?, self.ty(v)?);
+        for (name, t) in [("q", &tq), ("k", &tk), ("v", &tv)] {
+            if !is_gemm_weight(t.dtype) {
+                return Err(Error::dtype(
+                    OP,
+                    format!("{name} must be f32, f16 or bf16, got {t}"),
+                ));
+            }
+        }
+        let shapes = || {
+            format!(
+                "q {}, k {}, v {}",
+                format_dims(&tq.dims),
+                format_dims(&tk.dims),
+                format_dims(&tv.dims)
+            )
+        };
+        if tq.ndim() != 4 || tk.ndim() != 4 || tv.ndim() != 4 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "q, k, v must be 4-D [batch, seq, heads, head_dim], got {}",
+                    shapes()
+                ),
+            ));
+        }
+        let (qd, kd, vd) = (&tq.dims, &tk.dims, &tv.dims);
+        let problem = if kd[0] != qd[0] || vd[0] != qd[0] {
+            Some("batch sizes differ")
+        } else if vd[1] != kd[1] {
+            Some("k and v have different sequence lengths")
+        } else if vd[2] != kd[2] {
+            Some("k and v have different head counts")
+        } else if kd[3] != qd[3] {
+            Some("q and k have different head_dim")
+        } else {
+            match (&qd[2], &kd[2]) {
+                (Dim::Known(hq), Dim::Known(hkv))
+                    if (*hkv == 0 && *hq != 0) || (*hkv != 0 && hq % hkv != 0) =>
+                {
+                    Some("heads of q must be a multiple of the heads of k and v")
+                }
+                _ => None,
+            }
+        };
+        if let Some(p) = problem {
+            return Err(Error::shape(OP, format!("{p}: {}", shapes())));
+        }
+        let dims = vec![qd[0].clone(), qd[1].clone(), qd[2].clone(), vd[3].clone()];
+        Ok(self.push(
+            Op::Attention { causal, scale },
+            vec![q, k, v],
+            TensorType::new(DType::F32, dims),
+        ))
+    }
+
+    /// `weight[ids]`: weight [vocab, dim], integer ids; result [*ids, dim] of weight's dtype.
+    pub fn embedding(&mut self, weight: ValueId, ids: ValueId) -> Result<ValueId> {
+        const OP: &str = "embedding";
+        let (tw, ti) = (self.ty(weight)?, self.ty(ids)?);
+        if tw.ndim() != 2 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "weight must have shape [vocab, dim], got {}",
+                    format_dims(&tw.dims)
+                ),
+            ));
+        }
+        if ti.dtype.is_float() || ti.dtype == DType::Bool {
+            return Err(Error::dtype(
+                OP,
+                format!("ids must be an integer tensor, got {ti}"),
+            ));
+        }
+        let mut dims = ti.dims.clone();
+        dims.push(tw.dims[1].clone());
+        Ok(self.push(
+            Op::Embedding,
+            vec![weight, ids],
+            TensorType::new(tw.dtype, dims),
+        ))
+    }
+
+    /// Reshape to `shape`, where `None` is the one dim to infer (`-1`). Symbols
+    /// must carry over: a `-1` may stand for a number or for one symbol of the
+    /// input, never for a product involving symbols.
+    pub fn reshape(&mut self, x: ValueId, shape: &[Option<Dim>]) -> Result<ValueId> {
+        const OP: &str = "reshape";
+        let tx = self.ty(x)?;
+        let spec = || {
+            let parts: Vec<String> = shape
+                .iter()
+                .map(|d| d.as_ref().map_or("-1".to_owned(), Dim::to_string))
+                .collect();
+            format!("[{}]", parts.join(", "))
+        };
+        let fail = |why: &str| {
+            Err(Error::shape(
+                OP,
+                format!(
+                    "cannot reshape {} to {}: {why}",
+                    format_dims(&tx.dims),
+                    spec()
+                ),
+            ))
+        };
+        let infer: Vec<usize> = (0..shape.len()).filter(|&i| shape[i].is_none()).collect();
+        if infer.len() > 1 {
+            return fail("only one dimension may be -1");
+        }
+        let given: Vec<Dim> = shape.iter().flatten().cloned().collect();
+        let (pi, si) = factors(&tx.dims);
+        let (pt, st) = factors(&given);
+        let mut rest = si.clone();
+        for s in &st {
+            match rest.iter().position(|r| r == s) {
+                Some(i) => {
+                    rest.remove(i);
+                }
+                None => return fail(&format!("symbol '{s}' is not a dim of the input")),
+            }
+        }
+        let inferred =
+            match (infer.first(), rest.as_slice()) {
+                (None, []) if pi == pt => None,
+                (None, []) => return fail(&format!("{pi} elements per symbol binding vs {pt}")),
+                (None, _) => return fail("the input's symbols must all appear in the new shape"),
+                (Some(_), []) if pt != 0 && pi % pt == 0 => Some(Dim::Known((pi / pt) as usize)),
+                (Some(_), [s]) if pi == pt => Some(Dim::sym(*s)),
+                (Some(_), _) => return fail(
+                    "-1 would have to be a product involving symbols, which dims cannot express",
+                ),
+            };
+        let dims: Vec<Dim> = shape
+            .iter()
+            .map(|d| {
+                d.clone()
+                    .or_else(|| inferred.clone())
+                    .unwrap_or(Dim::Known(0))
+            })
+            .collect();
+        let out = TensorType::new(tx.dtype, dims.clone());
+        Ok(self.push(Op::Reshape { dims }, vec![x], out))
+    }
+
+    /// Permutes the dims of x (the result is contiguous).
+    pub fn transpose(&mut self, x: ValueId, perm: &[usize]) -> Result<ValueId> {
+        const OP: &str = "transpose";
+        let tx = self.ty(x)?;
+        let mut seen = vec![false; tx.ndim()];
+        let valid = perm.len() == tx.ndim()
+            && perm
+                .iter()
+                .all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+        if !valid {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "perm {perm:?} is not a permutation of the {} dims of {}",
+                    tx.ndim(),
+                    format_dims(&tx.dims)
+                ),
+            ));
+        }
+        let dims = perm.iter().map(|&p| tx.dims[p].clone()).collect();
+        Ok(self.push(
+            Op::Transpose {
+                perm: perm.to_vec(),
+            },
+            vec![x],
+            TensorType::new(tx.dtype, dims),
+        ))
+    }
+
+    /// Joins values of one dtype along `axis` (which must be known in each).
+    pub fn concat(&mut self, values: &[ValueId], axis: isize) -> Result<ValueId> {
+        const OP: &str = "concat";
+        let types: Vec<TensorType> = values.iter().map(|&v| self.ty(v)).collect::<Result<_>>()?;
+        let Some(first) = types.first() else {
+            return Err(Error::shape(OP, "needs at least one value"));
+        };
+        let axis = normalize_axis(OP, axis, first.ndim())?;
+        let all = || {
+            let parts: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+            parts.join(", ")
+        };
+        if types.iter().any(|t| t.dtype != first.dtype) {
+            return Err(Error::dtype(
+                OP,
+                format!("values have different dtypes: {}", all()),
+            ));
+        }
+        let fits = |t: &TensorType| {
+            t.ndim() == first.ndim()
+                && t.dims
+                    .iter()
+                    .zip(&first.dims)
+                    .enumerate()
+                    .all(|(i, (a, b))| i == axis || a == b)
+        };
+        if !types.iter().all(fits) {
+            return Err(Error::shape(
+                OP,
+                format!("shapes differ outside axis {axis}: {}", all()),
+            ));
+        }
+        let mut total = 0usize;
+        for t in &types {
+            match &t.dims[axis] {
+                Dim::Known(n) => total += n,
+                Dim::Sym(s) if types.len() > 1 => {
+                    return Err(Error::Unsupported(format!(
+                        "{OP}: joining along the symbolic dim '{s}' ({})",
+                        all()
+                    )))
+                }
+                Dim::Sym(_) => {}
+            }
+        }
+        let mut dims = first.dims.clone();
+        if types.len() > 1 {
+            dims[axis] = Dim::Known(total);
+        }
+        Ok(self.push(
+            Op::Concat { axis },
+            values.to_vec(),
+            TensorType::new(first.dtype, dims),
+        ))
+    }
+
+    fn reduction(
+        &mut self,
+        op: Op,
+        x: ValueId,
+        axis: Option<isize>,
+        keepdims: bool,
+    ) -> Result<ValueId> {
+        let name = op.name();
+        let tx = self.ty(x)?;
+        need_float(name, "x", &tx)?;
+        let dims = match axis {
+            None if keepdims => vec![Dim::Known(1); tx.ndim()],
+            None => vec![],
+            Some(a) => {
+                let a = normalize_axis(name, a, tx.ndim())?;
+                let mut d = tx.dims.clone();
+                if keepdims {
+                    d[a] = Dim::Known(1);
+                } else {
+                    d.remove(a);
+                }
+                d
+            }
+        };
+        Ok(self.push(op, vec![x], TensorType::new(tx.dtype, dims)))
+    }
+
+    /// Sum over `axis` (None: all elements). Float tensors.
+    pub fn sum(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
+        self.reduction(Op::Sum { axis, keepdims }, x, axis, keepdims)
+    }
+
+    /// Mean over `axis` (None: all elements). Float tensors.
+    pub fn mean(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
+        self.reduction(Op::Mean { axis, keepdims }, x, axis, keepdims)
+    }
+
+    pub fn cast(&mut self, x: ValueId, dtype: DType) -> Result<ValueId> {
+        let tx = self.ty(x)?;
+        Ok(self.push(Op::Cast { dtype }, vec![x], TensorType::new(dtype, tx.dims)))
+    }
+
+    /// Symbols of the inputs, each with the first input and dim that defines it.
+    pub fn symbols(&self) -> HashMap<String, (String, usize)> {
+        let mut out = HashMap::new();
+        for (name, id) in &self.inputs {
+            for (i, d) in self.nodes[*id].out.dims.iter().enumerate() {
+                if let Dim::Sym(s) = d {
+                    out.entry(s.clone()).or_insert((name.clone(), i));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syms(names: &[&str]) -> Vec<Dim> {
+        names
+            .iter()
+            .map(|n| n.parse().map(Dim::Known).unwrap_or_else(|_| Dim::sym(*n)))
+            .collect()
+    }
+
+    #[test]
+    fn infers_through_an_mlp() {
+        let mut g = Graph::new();
+        let x = g.input("x", syms(&["batch", "384"]), DType::F32).unwrap();
+        let w = g.constant(Tensor::zeros(DType::F32, &[10, 384]).unwrap());
+        let b = g.constant(Tensor::zeros(DType::F32, &[10]).unwrap());
+        let h = g.linear(x, w, Some(b), Activation::Gelu).unwrap();
+        let s = g.softmax(h, -1).unwrap();
+        assert_eq!(g.value_type(s).unwrap().to_string(), "f32[batch, 10]");
+        let m = g.mean(s, Some(-1), true).unwrap();
+        assert_eq!(g.value_type(m).unwrap().dims, syms(&["batch", "1"]));
+    }
+
+    #[test]
+    fn rejects_bad_nodes_naming_op_and_shapes() {
+        let mut g = Graph::new();
+        let x = g.input("x", syms(&["batch", "384"]), DType::F32).unwrap();
+        let w = g.constant(Tensor::zeros(DType::F32, &[500, 10]).unwrap());
+        let e = g.matmul(x, w).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }));
+        let e = e.to_string();
+        assert!(
+            e.contains("matmul") && e.contains("[batch, 384]") && e.contains("[500, 10]"),
+            "{e}"
+        );
+        let i = g.input("i", syms(&["batch", "384"]), DType::I64).unwrap();
+        assert!(matches!(g.add(x, i), Err(Error::DType { .. })));
+        let y = g.input("y", syms(&["seq", "384"]), DType::F32).unwrap();
+        let e = g.add(x, y).unwrap_err().to_string();
+        assert!(
+            e.contains("add") && e.contains("batch") && e.contains("seq"),
+            "{e}"
+        );
+        assert!(g.input("x", vec![], DType::F32).is_err());
+    }
+
+    #[test]
+    fn broadcasting_and_reshape_with_symbols() {
+        let mut g = Graph::new();
+        let x = g
+            .input("x", syms(&["batch", "seq", "384"]), DType::F32)
+            .unwrap();
+        let one = g
+            .input("one", syms(&["1", "seq", "1"]), DType::F32)
+            .unwrap();
+        let y = g.mul(x, one).unwrap();
+        assert_eq!(
+            g.value_type(y).unwrap().dims,
+            syms(&["batch", "seq", "384"])
+        );
+        let heads = g
+            .reshape(
+                y,
+                &[
+                    Some(Dim::sym("batch")),
+                    Some(Dim::sym("seq")),
+                    Some(Dim::Known(12)),
+                    None,
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            g.value_type(heads).unwrap().dims,
+            syms(&["batch", "seq", "12", "32"])
+        );
+        let back = g
+            .reshape(heads, &[None, Some(Dim::sym("seq")), Some(Dim::Known(384))])
+            .unwrap();
+        assert_eq!(
+            g.value_type(back).unwrap().dims,
+            syms(&["batch", "seq", "384"])
+        );
+        let flat = g
+            .reshape(x, &[None, Some(Dim::Known(384))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            flat.contains("reshape") && flat.contains("[batch, seq, 384]"),
+            "{flat}"
+        );
+        assert!(g
+            .reshape(x, &[Some(Dim::sym("batch")), Some(Dim::Known(384)), None])
+            .is_ok());
+        let t = g.transpose(heads, &[0, 2, 1, 3]).unwrap();
+        assert_eq!(
+            g.value_type(t).unwrap().dims,
+            syms(&["batch", "12", "seq", "32"])
+        );
+        assert!(g.transpose(heads, &[0, 0, 1, 3]).is_err());
+        let c = g.concat(&[heads, heads], -1).unwrap();
+        assert_eq!(
+            g.value_type(c).unwrap().dims,
+            syms(&["batch", "seq", "12", "64"])
+        );
+        assert!(matches!(g.concat(&[x, x], 0), Err(Error::Unsupported(_))));
+    }
+
+    #[test]
+    fn attention_and_embedding_types() {
+        let mut g = Graph::new();
+        let q = g
+            .input("q", syms(&["b", "s", "8", "16"]), DType::F32)
+            .unwrap();
+        let kv = g
+            .input("kv", syms(&["b", "t", "2", "16"]), DType::F32)
+            .unwrap();
+        let a = g.attention(q, kv, kv, true, None).unwrap();
+        assert_eq!(g.value_type(a).unwrap().dims, syms(&["b", "s", "8", "16"]));
+        let bad = g
+            .input("bad", syms(&["b", "t", "3", "16"]), DType::F32)
+            .unwrap();
+        assert!(g.attention(q, bad, bad, false, None).is_err());
+        let w = g.constant(Tensor::zeros(DType::F32, &[100, 16]).unwrap());
+        let ids = g.input("ids", syms(&["b", "s"]), DType::I64).unwrap();
+        let e = g.embedding(w, ids).unwrap();
+        assert_eq!(g.value_type(e).unwrap().to_string(), "f32[b, s, 16]");
+        assert!(matches!(g.embedding(w, q), Err(Error::DType { .. })));
+    }
+}
