@@ -300,3 +300,16 @@ def test_cancel_from_another_thread_stops_a_run():
     t.join(timeout=120)
     assert not t.is_alive()
     assert isinstance(result[0], rt.CancelledError), result
+
+
+def test_devices_registry_and_compiled_device():
+    devs = rt.devices()
+    cpu = [d for d in devs if d["name"] == "cpu"]
+    assert cpu and cpu[0]["available"] and rt.isa() in cpu[0]["description"]
+    g = rt.Graph()
+    x = g.input("x", ("n",), "f32")
+    g.output("y", g.exp(x))
+    m = g.compile(device="cpu")
+    assert m.device == "cpu"
+    with pytest.raises(rt.DeviceError, match="available: cpu"):
+        g.compile(device="nonexistent-accelerator")

@@ -12,17 +12,15 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
+use rtserve_core::device::{registry, Executable};
 use rtserve_core::exec::{CancelToken, Compiled};
 use rtserve_core::graph::{Dim, Graph, TensorType, ValueId};
 use rtserve_core::kernels::frame::epilogue::Activation;
 use rtserve_core::kernels::generic::elementwise::{Binary, Unary};
 use rtserve_core::{DType, Tensor};
 
-use crate::errors::{core, detached, device_error, guard};
+use crate::errors::{core, detached, guard};
 use crate::py_tensor::{parse_dtype, to_tensor, PyTensor};
-
-/// Devices `compile` accepts (the device registry comes later).
-const DEVICES: [&str; 1] = ["cpu"];
 
 /// Tells graphs apart, so a Value is never used in a graph it does not belong to.
 static NEXT_GRAPH: AtomicU64 = AtomicU64::new(0);
@@ -449,13 +447,13 @@ impl PyGraph {
     #[pyo3(signature = (device="cpu"))]
     fn compile(&self, device: &str) -> PyResult<PyCompiled> {
         guard(|| {
-            if !DEVICES.contains(&device) {
-                return Err(device_error(format!(
-                    "unknown or unavailable device '{device}'; available: {DEVICES:?}"
-                )));
-            }
+            let dev = core(registry::get(device))?;
+            let compiled = core(Compiled::new(&self.graph))?;
+            let executable: Arc<dyn Executable> = Arc::from(core(dev.prepare(&compiled))?);
             Ok(PyCompiled {
-                inner: Arc::new(core(Compiled::new(&self.graph))?),
+                inner: Arc::new(compiled),
+                executable,
+                device: device.to_owned(),
             })
         })
     }
@@ -504,6 +502,9 @@ impl PyCancelToken {
 #[pyclass(name = "Compiled", module = "rtserve", frozen)]
 pub struct PyCompiled {
     inner: Arc<Compiled>,
+    /// The program prepared by the device it was compiled for.
+    executable: Arc<dyn Executable>,
+    device: String,
 }
 
 #[pymethods]
@@ -532,13 +533,19 @@ impl PyCompiled {
                     ))
                 })?),
             };
-            let compiled = Arc::clone(&self.inner);
-            let out = detached(py, move || compiled.run(&map, &token))?;
+            let exe = Arc::clone(&self.executable);
+            let out = detached(py, move || exe.run(&map, &token))?;
             Ok(out
                 .into_iter()
                 .map(|(k, t)| (k, PyTensor::new(t)))
                 .collect())
         })
+    }
+
+    /// The device this program was compiled for.
+    #[getter]
+    fn device(&self) -> &str {
+        &self.device
     }
 
     /// The nodes (id, op, type, FLOPs) and the memory plan with every symbol = 1.

@@ -68,7 +68,23 @@ fn peak_gflops(py: Python<'_>, kind: &str, isa: Option<&str>) -> PyResult<f64> {
     crate::errors::detached(py, move || peak::peak_gflops(kind, isa))
 }
 
+/// Devices this process knows: list of dicts with name, description, available.
+#[pyfunction]
+fn devices(py: Python<'_>) -> PyResult<Vec<Bound<'_, pyo3::types::PyDict>>> {
+    rtserve_core::device::registry::devices()
+        .into_iter()
+        .map(|d| {
+            let dict = pyo3::types::PyDict::new(py);
+            dict.set_item("name", d.name)?;
+            dict.set_item("description", d.description)?;
+            dict.set_item("available", d.available)?;
+            Ok(dict)
+        })
+        .collect()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(devices, m)?)?;
     m.add_function(wrap_pyfunction!(peak_gflops, m)?)?;
     m.add_function(wrap_pyfunction!(isa, m)?)?;
     m.add_function(wrap_pyfunction!(set_isa, m)?)?;

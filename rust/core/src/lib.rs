@@ -5,6 +5,7 @@
 //! shapes) is validated before it is trusted.
 
 pub mod cast;
+pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod exec;
