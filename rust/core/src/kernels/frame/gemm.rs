@@ -42,7 +42,8 @@ pub enum BSource<'a> {
 }
 
 impl BSource<'_> {
-    fn dims(&self) -> (usize, usize) {
+    /// (K, N) of B.
+    pub(crate) fn dims(&self) -> (usize, usize) {
         match self {
             BSource::F32(b) => (b.rows, b.cols),
             BSource::BF16(b) => (b.rows, b.cols),

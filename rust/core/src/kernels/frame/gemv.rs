@@ -335,12 +335,7 @@ pub(crate) fn gemv_with(
     if m > MAX_ROWS {
         return Err(Error::Internal(format!("gemv called with {m} rows")));
     }
-    let n = match b {
-        BSource::F32(b) => b.cols,
-        BSource::BF16(b) => b.cols,
-        BSource::F16(b) => b.cols,
-        BSource::Packed(p) => p.n,
-    };
+    let n = b.dims().1;
     // A's few rows, contiguous.
     let mut a_rows = vec![0f32; m * k];
     for i in 0..m {
