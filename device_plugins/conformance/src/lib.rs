@@ -15,6 +15,7 @@ use rtserve_core::exec::{CancelToken, Compiled};
 use rtserve_core::graph::{Dim, Graph, Op, ValueId};
 use rtserve_core::kernels::frame::epilogue::Activation;
 use rtserve_core::kernels::generic::elementwise::{Binary, Unary};
+use rtserve_core::kernels::testing::uniform;
 use rtserve_core::kernels::{dispatch, set_isa, Isa};
 use rtserve_core::{DType, Result, Tensor};
 
@@ -25,23 +26,8 @@ pub struct Report {
     pub failures: Vec<String>,
 }
 
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
-    Tensor::from_slice(&values(shape.iter().product(), seed), shape)
+    Tensor::from_slice(&uniform(shape.iter().product(), seed, -1.0, 1.0), shape)
 }
 
 fn known(shape: &[usize]) -> Vec<Dim> {

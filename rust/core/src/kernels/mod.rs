@@ -4,7 +4,6 @@
 pub mod dispatch;
 pub mod frame;
 pub mod generic;
-#[cfg(test)]
 pub mod testing;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

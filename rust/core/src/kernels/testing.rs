@@ -1,4 +1,4 @@
-//! Test helpers shared by kernel tests.
+//! Deterministic test data shared by kernel tests and the device conformance suite.
 
 /// Deterministic pseudo-random values in [lo, hi) (an LCG: reproducible, no dependency).
 pub fn uniform(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
