@@ -14,7 +14,7 @@ use crate::kernels::dispatch::{cpu, isa, Isa};
 use crate::kernels::frame::epilogue::{apply_row, Epilogue};
 use crate::kernels::frame::gemv;
 use crate::kernels::frame::pack::{
-    pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panel, pack_b_panels, MatRef,
+    pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panels, MatRef,
 };
 use crate::kernels::frame::prefetch::Prefetch;
 use crate::kernels::frame::threads::{num_threads, parallel_for};
@@ -166,37 +166,26 @@ pub fn pack_b_for_reuse(b: BSource<'_>) -> Result<PackedB> {
     let total = n_pad
         .checked_mul(k.div_ceil(2) * 2)
         .ok_or_else(|| Error::shape("pack", format!("B of {k} x {n} is too large")))?;
-    match (kind, b) {
-        (_, BSource::Packed(_)) => return Err(Error::Internal("B is already packed".into())),
-        (KernelKind::Bf16Avx512, BSource::BF16(src)) => {
-            out.bf16_data = vec![0u16; total];
-            for pc in (0..k).step_by(kind.kc()) {
-                let kc = kind.kc().min(k - pc);
-                let start = out.panel_offset(pc, 0);
-                let len = n_pad * kind.b_units(kc);
-                pack_b_bf16_pairs(
-                    src.sub(pc, 0, kc, n),
-                    nr,
-                    &mut out.bf16_data[start..start + len],
-                );
-            }
-        }
-        (_, src) => {
-            out.f32_data = vec![0f32; n_pad * k];
-            for pc in (0..k).step_by(kind.kc()) {
-                let kc = kind.kc().min(k - pc);
-                for col0 in (0..n).step_by(nr) {
-                    let at = out.panel_offset(pc, col0);
-                    let panel = &mut out.f32_data[at..at + nr * kc];
-                    match src {
-                        BSource::F32(b) => pack_b_panel(b.sub(pc, 0, kc, n), col0, nr, panel),
-                        BSource::BF16(b) => pack_b_panel(b.sub(pc, 0, kc, n), col0, nr, panel),
-                        BSource::F16(b) => pack_b_panel(b.sub(pc, 0, kc, n), col0, nr, panel),
-                        BSource::Packed(_) => unreachable!("rejected above"),
-                    }
-                }
-            }
-        }
+    if matches!(b, BSource::Packed(_)) {
+        return Err(Error::Internal("B is already packed".into()));
+    }
+    if kind == KernelKind::Bf16Avx512 {
+        out.bf16_data = vec![0u16; total];
+    } else {
+        out.f32_data = vec![0f32; n_pad * k];
+    }
+    // The same panels the driver packs per (jc = 0, pc) block, laid end to end.
+    for pc in (0..k).step_by(kind.kc()) {
+        let kc = kind.kc().min(k - pc);
+        let at = out.panel_offset(pc, 0);
+        pack_b_block(
+            kind,
+            b,
+            (0, pc, kc, n),
+            (0, n.div_ceil(nr)),
+            out.f32_data.as_mut_ptr().wrapping_add(at),
+            out.bf16_data.as_mut_ptr().wrapping_add(at),
+        );
     }
     Ok(out)
 }
@@ -417,28 +406,16 @@ fn pack_b_block(
         }
         return;
     }
-    for panel in panels.0..panels.1 {
-        let col0 = panel * nr;
-        match (kind, b) {
-            (KernelKind::Bf16Avx512, BSource::BF16(src)) => {
-                let cols = nr.min(nc - col0);
-                // SAFETY: the caller sized `bb` for every panel of the block; each panel
-                // index is packed by exactly one caller.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(bb.add(panel * panel_len), panel_len) };
-                pack_b_bf16_pairs(src.sub(pc, jc + col0, kc, cols), nr, dst);
-            }
-            (_, src) => {
-                // SAFETY: as above, for `bf`.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(bf.add(panel * panel_len), panel_len) };
-                match src {
-                    BSource::F32(s) => pack_b_panel(s.sub(pc, jc, kc, nc), col0, nr, dst),
-                    BSource::BF16(s) => pack_b_panel(s.sub(pc, jc, kc, nc), col0, nr, dst),
-                    BSource::F16(s) => pack_b_panel(s.sub(pc, jc, kc, nc), col0, nr, dst),
-                    BSource::Packed(_) => {}
-                }
-            }
+    // The bf16 kernel is only chosen for bf16 weights.
+    if let BSource::BF16(src) = b {
+        for panel in panels.0..panels.1 {
+            let col0 = panel * nr;
+            let cols = nr.min(nc - col0);
+            // SAFETY: the caller sized `bb` for every panel of the block; each panel
+            // index is packed by exactly one caller.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(bb.add(panel * panel_len), panel_len) };
+            pack_b_bf16_pairs(src.sub(pc, jc + col0, kc, cols), nr, dst);
         }
     }
 }
