@@ -222,12 +222,7 @@ pub fn linear(
             ),
         ));
     }
-    let m = x.numel() / k.max(1);
-    let m = if k == 0 {
-        x.shape()[..x.ndim() - 1].iter().product()
-    } else {
-        m
-    };
+    let m: usize = x.shape()[..x.ndim() - 1].iter().product();
     let x2 = x.reshape(&[m as isize, k as isize])?;
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().unwrap_or(&mut 0) = n;

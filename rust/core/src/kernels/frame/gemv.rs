@@ -40,7 +40,6 @@ fn kn_strip<T: WeightElement, const M: usize, const W: usize>(
     b: MatRef<T>,
     j0: usize,
     j1: usize,
-    _accumulate: bool,
 ) {
     let k = job.k;
     for p0 in (0..k).step_by(KB) {
@@ -237,9 +236,9 @@ enum Form<'a> {
 #[inline(always)]
 fn run_m<const M: usize>(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
     match form {
-        Form::KnF32(b) => kn_strip::<f32, M, 64>(job, b, j0, j1, false),
-        Form::KnBf16(b) => kn_strip::<bf16, M, 64>(job, b, j0, j1, false),
-        Form::KnF16(b) => kn_strip::<half::f16, M, 64>(job, b, j0, j1, false),
+        Form::KnF32(b) => kn_strip::<f32, M, 64>(job, b, j0, j1),
+        Form::KnBf16(b) => kn_strip::<bf16, M, 64>(job, b, j0, j1),
+        Form::KnF16(b) => kn_strip::<half::f16, M, 64>(job, b, j0, j1),
         Form::NkF32(b) => nk_cols::<f32, M, 4>(job, b, j0, j1),
         Form::NkBf16(b) => nk_cols::<bf16, M, 4>(job, b, j0, j1),
         Form::NkF16(b) => nk_cols::<half::f16, M, 4>(job, b, j0, j1),
