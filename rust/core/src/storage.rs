@@ -2,13 +2,23 @@
 //! region of a memory-mapped file, or memory owned by someone else (a numpy
 //! array, a DLPack producer) that an [`ExternalBuffer`] keeps alive.
 //!
-//! Storage is shared (`Arc<Storage>`) by every view of it. rtserve itself never
-//! writes into a storage after construction; an owner outside Rust (numpy) may,
-//! exactly as with `torch.from_numpy`.
+//! Storage is shared (`Arc<Storage>`) by every view of it. rtserve writes into
+//! a storage after construction only through [`Storage::bytes_mut`], which needs
+//! the storage exclusively (`Arc::get_mut`): the executor's in-place elementwise
+//! ops. An owner outside Rust (numpy) may write, exactly as with `torch.from_numpy`.
+//!
+//! A fourth kind, an [`Arena`] region, holds the intermediates of a compiled
+//! run: the executor offers one region of its planned arena to each node
+//! ([`with_output_slot`]) and the op's output allocation ([`OutBuffer::new`])
+//! takes it when the size matches. Every region handed out is registered with
+//! a liveness token, and a region is handed out only when no live storage
+//! overlaps it, so a planner mistake costs a fresh allocation, never a
+//! clobbered value.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout as AllocLayout};
+use std::cell::RefCell;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
 
@@ -187,6 +197,13 @@ enum Kind {
         len: usize,
     },
     External(Box<dyn ExternalBuffer>),
+    /// `[offset, offset + len)` of a run's arena; `token` marks the region live.
+    Arena {
+        arena: Arc<Arena>,
+        offset: usize,
+        len: usize,
+        _token: Arc<()>,
+    },
 }
 
 /// The bytes behind one or more tensors.
@@ -241,6 +258,7 @@ impl Storage {
             // SAFETY (arithmetic only): start <= map.len() checked in `Storage::mmap`.
             Kind::Mmap { map, start, .. } => map[*start..].as_ptr(),
             Kind::External(e) => e.as_ptr(),
+            Kind::Arena { arena, offset, .. } => arena.region_ptr(*offset),
         }
     }
 
@@ -249,6 +267,7 @@ impl Storage {
             Kind::Owned(b) => b.as_slice().len(),
             Kind::Mmap { len, .. } => *len,
             Kind::External(e) => e.len(),
+            Kind::Arena { len, .. } => *len,
         }
     }
 
@@ -271,7 +290,46 @@ impl Storage {
                 // bytes for as long as the buffer (owned by self) lives.
                 unsafe { std::slice::from_raw_parts(e.as_ptr(), e.len()) }
             }
+            Kind::Arena {
+                arena, offset, len, ..
+            } => {
+                // SAFETY: the region lies inside the arena (checked when it was taken),
+                // the arena outlives `self` (held by the Arc), and no writer overlaps a
+                // registered live region (see `Arena::take_region`).
+                unsafe { std::slice::from_raw_parts(arena.region_ptr(*offset), *len) }
+            }
         }
+    }
+
+    /// The bytes for writing, when this storage is rtserve's own writable
+    /// memory (an owned buffer or an arena region); `&mut self` (reached through
+    /// `Arc::get_mut`) proves no other view of it exists.
+    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.writable {
+            return None;
+        }
+        match &mut self.kind {
+            Kind::Owned(b) => Some(b.as_mut_slice()),
+            Kind::Arena {
+                arena, offset, len, ..
+            } => {
+                // SAFETY: as in `as_bytes`; `&mut self` is the only handle on this region
+                // (the storage is not shared, and the arena's registry keeps every other
+                // live region disjoint from it).
+                Some(unsafe { std::slice::from_raw_parts_mut(arena.region_ptr(*offset), *len) })
+            }
+            Kind::Mmap { .. } | Kind::External(_) => None,
+        }
+    }
+
+    /// Whether this storage is a region of `arena`.
+    pub fn is_in_arena(&self, arena: &Arc<Arena>) -> bool {
+        matches!(&self.kind, Kind::Arena { arena: a, .. } if Arc::ptr_eq(a, arena))
+    }
+
+    /// Whether this storage is a region of some run's arena.
+    pub fn is_arena(&self) -> bool {
+        matches!(self.kind, Kind::Arena { .. })
     }
 
     /// False for memory-mapped files, their copies, and read-only external memory.
@@ -285,6 +343,7 @@ impl Storage {
             Kind::Owned(_) => "owned",
             Kind::Mmap { .. } => "mmap",
             Kind::External(_) => "external",
+            Kind::Arena { .. } => "arena",
         }
     }
 }
@@ -292,6 +351,219 @@ impl Storage {
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Storage({}, {} bytes)", self.kind_name(), self.len())
+    }
+}
+
+/// One run's memory for intermediates: a single anonymous mapping (so freeing
+/// it returns the pages to the OS), carved into regions by the memory plan.
+pub struct Arena {
+    map: memmap2::MmapMut,
+    /// Regions handed out and the liveness token of each.
+    live: Mutex<Vec<(usize, usize, Weak<()>)>>,
+}
+
+// SAFETY: the mapping is plain memory owned by the arena; shared access goes
+// through `as_bytes` of registered regions, writes only through a region taken
+// exclusively (`take_region`) or a uniquely held storage (`bytes_mut`).
+unsafe impl Send for Arena {}
+// SAFETY: as above; the registry is behind a Mutex.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// An arena of `bytes` (rounded up to a page; zero-filled by the OS).
+    pub fn new(bytes: usize) -> Result<Arc<Arena>> {
+        let map = memmap2::MmapMut::map_anon(bytes.max(1)).map_err(|_| Error::OutOfMemory {
+            what: "run arena".into(),
+            bytes: bytes as u128,
+        })?;
+        Ok(Arc::new(Arena {
+            map,
+            live: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Usable bytes.
+    pub fn capacity(&self) -> usize {
+        self.map.len()
+    }
+
+    fn region_ptr(&self, offset: usize) -> *mut u8 {
+        // Arithmetic only: offset <= capacity is checked when a region is taken.
+        self.map.as_ptr().wrapping_add(offset).cast_mut()
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Vec<(usize, usize, Weak<()>)>> {
+        // A poisoned registry only means a panic elsewhere; its data is still valid.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether no live storage overlaps `[offset, offset + len)` (forgets dead regions).
+    pub fn region_free(&self, offset: usize, len: usize) -> bool {
+        let mut live = self.registry();
+        live.retain(|(_, _, t)| t.strong_count() > 0);
+        !live
+            .iter()
+            .any(|&(o, l, _)| o < offset + len && offset < o + l)
+    }
+
+    /// Registers `[offset, offset + len)` as live and returns its token, or
+    /// None when it does not fit or overlaps a live region.
+    fn take_region(&self, offset: usize, len: usize) -> Option<Arc<()>> {
+        if offset.checked_add(len)? > self.capacity() || !offset.is_multiple_of(ALIGN) {
+            return None;
+        }
+        let mut live = self.registry();
+        live.retain(|(_, _, t)| t.strong_count() > 0);
+        if live
+            .iter()
+            .any(|&(o, l, _)| o < offset + len && offset < o + l)
+        {
+            return None;
+        }
+        let token = Arc::new(());
+        live.push((offset, len, Arc::downgrade(&token)));
+        Some(token)
+    }
+
+    /// Regions still referenced by some storage.
+    pub fn live_regions(&self) -> usize {
+        let mut live = self.registry();
+        live.retain(|(_, _, t)| t.strong_count() > 0);
+        live.len()
+    }
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Arena({} bytes)", self.capacity())
+    }
+}
+
+/// A region of an arena offered to the next output allocation on this thread.
+struct Slot {
+    arena: Arc<Arena>,
+    offset: usize,
+    len: usize,
+    taken: bool,
+}
+
+thread_local! {
+    static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `[offset, offset + len)` of `arena` offered to the first
+/// output allocation of exactly `len` bytes on this thread; returns f's result
+/// and whether the region was taken.
+pub fn with_output_slot<R>(
+    arena: &Arc<Arena>,
+    offset: usize,
+    len: usize,
+    f: impl FnOnce() -> R,
+) -> (R, bool) {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            SLOT.with(|s| s.borrow_mut().take());
+        }
+    }
+    SLOT.with(|s| {
+        *s.borrow_mut() = Some(Slot {
+            arena: arena.clone(),
+            offset,
+            len,
+            taken: false,
+        })
+    });
+    let guard = Clear;
+    let r = f();
+    let taken = SLOT.with(|s| s.borrow().as_ref().is_some_and(|s| s.taken));
+    drop(guard);
+    (r, taken)
+}
+
+/// The bytes of an op's output while it is written: an owned buffer, or the
+/// arena region the executor offered for it.
+pub enum OutBuffer {
+    Owned(AlignedBuffer),
+    Arena {
+        arena: Arc<Arena>,
+        offset: usize,
+        len: usize,
+        token: Arc<()>,
+    },
+}
+
+impl OutBuffer {
+    /// `len` bytes for an output: the offered arena region when its size is
+    /// exactly `len` (contents stale unless `zeroed`), else a fresh buffer
+    /// (zeroed when asked, see [`AlignedBuffer::for_overwrite`]).
+    pub fn new(len: usize, zeroed: bool) -> Result<OutBuffer> {
+        let offered = SLOT.with(|s| {
+            let mut s = s.borrow_mut();
+            let slot = s.as_mut().filter(|s| !s.taken && s.len == len && len > 0)?;
+            let token = slot.arena.take_region(slot.offset, len)?;
+            slot.taken = true;
+            Some((slot.arena.clone(), slot.offset, token))
+        });
+        match offered {
+            Some((arena, offset, token)) => {
+                let mut out = OutBuffer::Arena {
+                    arena,
+                    offset,
+                    len,
+                    token,
+                };
+                if zeroed {
+                    out.as_mut_slice().fill(0);
+                }
+                Ok(out)
+            }
+            None if zeroed => Ok(OutBuffer::Owned(AlignedBuffer::zeroed(len)?)),
+            None => Ok(OutBuffer::Owned(AlignedBuffer::for_overwrite(len)?)),
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            OutBuffer::Owned(b) => b.as_mut_slice(),
+            OutBuffer::Arena {
+                arena, offset, len, ..
+            } => {
+                // SAFETY: `take_region` checked the region lies in the arena and that no
+                // live storage overlaps it, and registered it, so nothing else reads or
+                // writes it while this buffer (then its storage) holds the token.
+                unsafe { std::slice::from_raw_parts_mut(arena.region_ptr(*offset), *len) }
+            }
+        }
+    }
+
+    /// The buffer as f32 values (its length must be a multiple of 4).
+    pub fn as_mut_f32(&mut self) -> &mut [f32] {
+        let bytes = self.as_mut_slice();
+        let n = bytes.len() / 4;
+        // SAFETY: both kinds are 64-byte aligned (arena offsets are multiples of 64 in
+        // a page-aligned map), valid for n f32s, and every bit pattern is an f32.
+        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<f32>(), n) }
+    }
+
+    pub fn into_storage(self) -> Storage {
+        match self {
+            OutBuffer::Owned(b) => Storage::owned(b),
+            OutBuffer::Arena {
+                arena,
+                offset,
+                len,
+                token,
+            } => Storage {
+                kind: Kind::Arena {
+                    arena,
+                    offset,
+                    len,
+                    _token: token,
+                },
+                writable: true,
+            },
+        }
     }
 }
 

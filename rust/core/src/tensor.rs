@@ -9,7 +9,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::{IndexItem, Layout};
 use crate::shape::numel;
-use crate::storage::{AlignedBuffer, Storage};
+use crate::storage::{AlignedBuffer, OutBuffer, Storage};
 use crate::with_element_type;
 
 #[derive(Clone)]
@@ -167,12 +167,29 @@ impl Tensor {
         }
     }
 
+    /// The elements for writing in place, when the tensor is contiguous, holds
+    /// `T`, and is the only handle on writable storage rtserve owns (an owned
+    /// buffer or an arena region); None otherwise.
+    pub fn unique_elements_mut<T: Element>(&mut self) -> Option<&mut [T]> {
+        if T::DTYPE != self.dtype || !self.is_contiguous() {
+            return None;
+        }
+        let (offset, n) = (self.layout.offset(), self.numel());
+        let bytes = Arc::get_mut(&mut self.storage)?.bytes_mut()?;
+        let len = bytes.len() / std::mem::size_of::<T>();
+        // SAFETY: `from_parts` checked the storage is aligned for the dtype and holds
+        // every element; every bit pattern is a valid element; the borrow is exclusive
+        // (`Arc::get_mut` succeeded and `self` is borrowed mutably).
+        let all = unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), len) };
+        all.get_mut(offset..offset + n)
+    }
+
     /// Itself when already contiguous, otherwise a row-major copy.
     pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        let mut buf = AlignedBuffer::zeroed(self.nbytes())?;
+        let mut buf = OutBuffer::new(self.nbytes(), false)?;
         let size = self.dtype.size();
         let src = self.storage.as_bytes();
         let dst = buf.as_mut_slice();
@@ -182,7 +199,7 @@ impl Tensor {
             dst[out..out + size].copy_from_slice(&src[at..at + size]);
             out += size;
         });
-        Tensor::from_storage(Arc::new(Storage::owned(buf)), self.dtype, self.shape())
+        Tensor::from_storage(Arc::new(buf.into_storage()), self.dtype, self.shape())
     }
 
     /// The elements in row-major order as bytes (copied).
@@ -215,10 +232,11 @@ impl Tensor {
                 Ok(c)
             };
         }
-        let mut buf = AlignedBuffer::zeroed(
+        let mut buf = OutBuffer::new(
             self.numel()
                 .checked_mul(dtype.size())
                 .ok_or_else(|| Error::shape("cast", "byte size overflows"))?,
+            false,
         )?;
         with_element_type!(self.dtype, S, {
             let src: Vec<S> = self.elements::<S>()?;
@@ -226,7 +244,7 @@ impl Tensor {
                 write_elements(buf.as_mut_slice(), src.iter().map(|&s| convert::<S, D>(s)));
             })
         });
-        Tensor::from_storage(Arc::new(Storage::owned(buf)), dtype, self.shape())
+        Tensor::from_storage(Arc::new(buf.into_storage()), dtype, self.shape())
     }
 
     /// The elements in row-major order; `T` must match the dtype.

@@ -2,6 +2,7 @@
 //! from a [`crate::graph::Graph`]; [`CancelToken`] lets another thread or a
 //! deadline stop a run between nodes.
 
+pub mod arena;
 pub mod dispatch;
 pub mod plan;
 pub mod state;

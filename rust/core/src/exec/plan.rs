@@ -2,20 +2,30 @@
 //! Sync`, so one instance serves many threads; everything a run mutates (the
 //! values, the symbol bindings) lives in that run's own frame.
 //!
-//! A run binds the symbols from the input shapes, then executes the nodes in
-//! order by calling the eager ops, dropping each intermediate right after its
-//! last reader, and checks the cancel token between nodes.
+//! A run binds the symbols from the input shapes, takes the memory plan for
+//! those dims (made once per shape signature and cached), takes an arena of
+//! the planned size from the program's pool, then executes the nodes in order
+//! on the eager ops: each node's output allocation is offered its planned
+//! arena region, elementwise nodes whose input dies there write over it in
+//! place, each intermediate is dropped right after its last reader, and the
+//! cancel token is checked between nodes. Outputs are copied out of the arena
+//! before it goes back to the pool (see `arena` for the shrink policy).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::graph::dim::resolve_all;
 use crate::graph::{format_dims, Dim, Graph, Node, Op, TensorType, ValueId};
+use crate::ops::{binary::binary_in_place, unary::unary_in_place};
 use crate::plan::{plan, MemoryPlan, Step, ValueInfo, ValueKind};
 use crate::shape::numel;
+use crate::storage::{with_output_slot, Arena};
 use crate::tensor::Tensor;
 
+use super::arena::{RunCache, RunPlan, RunStats};
 use super::dispatch::execute;
 use super::state::CancelToken;
 
@@ -31,6 +41,10 @@ pub struct Compiled {
     /// The last needed node reading each value.
     last_use: Vec<Option<usize>>,
     is_output: Vec<bool>,
+    /// Value whose memory each value shares (itself, or a view's source).
+    root: Vec<ValueId>,
+    /// Plans per shape signature and idle arenas, shared by clones.
+    cache: Arc<RunCache>,
 }
 
 /// A product `coef · sym · sym ...` (FLOP counts over symbolic dims).
@@ -97,7 +111,15 @@ impl Compiled {
                 last_use[i] = Some(id);
             }
         }
+        let mut root: Vec<ValueId> = (0..n).collect();
+        for (id, node) in nodes.iter().enumerate() {
+            if is_view(&node.op) {
+                root[id] = root[node.inputs[0]];
+            }
+        }
         Ok(Compiled {
+            root,
+            cache: Arc::default(),
             nodes,
             inputs: graph.inputs().to_vec(),
             outputs: graph.outputs().to_vec(),
@@ -207,23 +229,108 @@ impl Compiled {
     ) -> Result<HashMap<String, Tensor>> {
         cancel.check()?;
         let bindings = self.bind(inputs)?;
+        let plan = self.plan_for(&bindings)?;
+        let need = plan.memory.planned_bytes;
+        let arena = self.cache.take_arena(need)?;
+        let mut stats = RunStats::default();
+        let result = self.run_in(&arena, &plan, inputs, &bindings, cancel, &mut stats);
+        self.cache.give_arena(arena, need, stats);
+        result
+    }
+
+    /// The cached plan for the bound symbols (made on first use).
+    fn plan_for(&self, bindings: &HashMap<String, usize>) -> Result<Arc<RunPlan>> {
+        let symbols = self.symbols();
+        let key: Vec<usize> = symbols
+            .iter()
+            .map(|s| bindings.get(s).copied().unwrap_or(0))
+            .collect();
+        self.cache.plan(key, || self.make_plan(bindings))
+    }
+
+    fn run_in(
+        &self,
+        arena: &Arc<Arena>,
+        plan: &RunPlan,
+        inputs: &HashMap<String, Tensor>,
+        bindings: &HashMap<String, usize>,
+        cancel: &CancelToken,
+        stats: &mut RunStats,
+    ) -> Result<HashMap<String, Tensor>> {
+        let offsets = &plan.memory.offsets;
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         for (id, node) in self.nodes.iter().enumerate() {
             if !self.needed[id] {
                 continue;
             }
             cancel.check()?;
-            let args: Vec<&Tensor> = node
-                .inputs
-                .iter()
-                .map(|&i| {
-                    values[i].as_ref().ok_or_else(|| {
-                        Error::Internal(format!("node %{id} reads %{i}, which is not live"))
-                    })
-                })
-                .collect::<Result<_>>()?;
-            let out = execute(node, &args, inputs, &bindings)?;
-            let want = resolve_all(&node.out.dims, &bindings)?;
+            let planned = offsets[id].filter(|_| plan.bytes[id] > 0);
+            let mut out = None;
+            // In place: the plan put this elementwise output over its first input,
+            // which dies here; the op writes over it if it holds the only handle.
+            if let (Some(at), Some(&first)) = (planned, node.inputs.first()) {
+                let single = node.inputs.iter().filter(|&&i| i == first).count() == 1;
+                if node.op.is_elementwise()
+                    && offsets[self.root[first]] == Some(at)
+                    && self.last_use[first] == Some(id)
+                    && !self.is_output[first]
+                    && single
+                {
+                    if let Some(x) = values[first].take() {
+                        let done = match &node.op {
+                            Op::Unary(op) => unary_in_place(*op, x),
+                            Op::Binary(op) => {
+                                match values.get(node.inputs[1]).and_then(Option::as_ref) {
+                                    Some(b) => binary_in_place(*op, x, b),
+                                    None => Err(x),
+                                }
+                            }
+                            _ => Err(x),
+                        };
+                        match done {
+                            Ok(t) => {
+                                stats.in_place += 1;
+                                out = Some(t);
+                            }
+                            Err(x) => values[first] = Some(x),
+                        }
+                    }
+                }
+            }
+            let out = match out {
+                Some(t) => t,
+                None => {
+                    let args: Vec<&Tensor> = node
+                        .inputs
+                        .iter()
+                        .map(|&i| {
+                            values[i].as_ref().ok_or_else(|| {
+                                Error::Internal(format!("node %{id} reads %{i}, which is not live"))
+                            })
+                        })
+                        .collect::<Result<_>>()?;
+                    match planned {
+                        Some(at) if arena.region_free(at, plan.bytes[id]) => {
+                            let (t, taken) = with_output_slot(arena, at, plan.bytes[id], || {
+                                execute(node, &args, inputs, bindings)
+                            });
+                            let t = t?;
+                            if taken && t.storage().is_in_arena(arena) {
+                                stats.in_arena += 1;
+                            } else {
+                                stats.fallback += 1;
+                            }
+                            t
+                        }
+                        Some(_) => {
+                            stats.fallback += 1;
+                            execute(node, &args, inputs, bindings)?
+                        }
+                        None => execute(node, &args, inputs, bindings)?,
+                    }
+                }
+            };
+            let want = resolve_all(&node.out.dims, bindings)?;
             if out.shape() != want.as_slice() || out.dtype() != node.out.dtype {
                 return Err(Error::Internal(format!(
                     "node %{id} ({}) produced {} {:?}, but its type is {} = {want:?}",
@@ -240,15 +347,36 @@ impl Compiled {
                 }
             }
         }
+        // Outputs leave the arena (it is reused by the next run).
         self.outputs
             .iter()
             .map(|(name, v)| {
-                let t = values[*v].clone().ok_or_else(|| {
+                let t = values[*v].as_ref().ok_or_else(|| {
                     Error::Internal(format!("output '{name}' (%{v}) was not computed"))
                 })?;
+                let t = if t.storage().is_arena() {
+                    Tensor::from_bytes(t.dtype(), t.shape(), &t.contiguous_bytes()?)?
+                } else {
+                    t.clone()
+                };
                 Ok((name.clone(), t))
             })
             .collect()
+    }
+
+    /// Idle arena bytes held for the next runs (see `arena` for the policy).
+    pub fn arena_bytes(&self) -> usize {
+        self.cache.idle_bytes()
+    }
+
+    /// Counters over all runs so far.
+    pub fn run_stats(&self) -> RunStats {
+        self.cache.stats()
+    }
+
+    /// Shape signatures planned and cached so far.
+    pub fn plans_cached(&self) -> usize {
+        self.cache.plans_cached()
     }
 
     /// Symbols appearing in the inputs, sorted.
@@ -287,8 +415,24 @@ impl Compiled {
                 format!("symbol '{missing}' needs a value (pass {missing}=...)"),
             ));
         }
+        Ok(self.make_plan(dims)?.memory)
+    }
+
+    /// The plan for concrete dims (uncached). A view (reshape) shares its
+    /// source's memory: it is not planned itself, and reading it (or returning
+    /// it) keeps the source alive.
+    fn make_plan(&self, dims: &HashMap<String, usize>) -> Result<RunPlan> {
+        const OP: &str = "memory_plan";
         let mut values = Vec::with_capacity(self.nodes.len());
+        let mut bytes_of = Vec::with_capacity(self.nodes.len());
         let mut steps = Vec::new();
+        let root_is_output: Vec<bool> = {
+            let mut v = vec![false; self.nodes.len()];
+            for (_, o) in &self.outputs {
+                v[self.root[*o]] = true;
+            }
+            v
+        };
         for (id, node) in self.nodes.iter().enumerate() {
             let shape = resolve_all(&node.out.dims, dims)?;
             let bytes = numel(&shape)?
@@ -296,23 +440,28 @@ impl Compiled {
                 .ok_or_else(|| {
                     Error::shape(OP, format!("%{id} of shape {shape:?} is too large"))
                 })?;
-            let kind = if node.op.is_external() {
+            let view = self.root[id] != id;
+            let kind = if node.op.is_external() || view {
                 ValueKind::External
-            } else if self.is_output[id] {
+            } else if root_is_output[id] {
                 ValueKind::Output
             } else {
                 ValueKind::Intermediate
             };
+            bytes_of.push(bytes);
             values.push(ValueInfo { bytes, kind });
-            if self.needed[id] && !node.op.is_external() {
+            if self.needed[id] && !node.op.is_external() && !view {
                 steps.push(Step {
-                    inputs: node.inputs.clone(),
+                    inputs: node.inputs.iter().map(|&i| self.root[i]).collect(),
                     output: id,
                     in_place: node.op.is_elementwise(),
                 });
             }
         }
-        plan(&steps, &values)
+        Ok(RunPlan {
+            memory: plan(&steps, &values)?,
+            bytes: bytes_of,
+        })
     }
 
     /// FLOPs of a node as a sum of products over (symbolic) dims, if it has a GEMM.
@@ -415,6 +564,11 @@ impl Compiled {
     }
 }
 
+/// Ops whose output is a view of their first input (no memory of its own).
+fn is_view(op: &Op) -> bool {
+    matches!(op, Op::Reshape { .. })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,5 +654,152 @@ mod tests {
             s.contains("(unused)") && s.contains("planned_bytes="),
             "{s}"
         );
+    }
+
+    /// x -> [linear -> gelu -> reshape -> add residual -> reshape] x layers.
+    fn deep_mlp(layers: usize, width: usize) -> Compiled {
+        let mut g = Graph::new();
+        let x = g
+            .input("x", vec![Dim::sym("batch"), Dim::Known(width)], DType::F32)
+            .unwrap();
+        let mut h = x;
+        for l in 0..layers {
+            let data: Vec<f32> = (0..width * width)
+                .map(|i| ((i * 7 + l * 13) % 11) as f32 / 11.0 - 0.45)
+                .collect();
+            let w = g.constant(Tensor::from_slice(&data, &[width, width]).unwrap());
+            let y = g.linear(h, w, None, Activation::None).unwrap();
+            let y = g.unary(Unary::Gelu, y).unwrap();
+            let y = g
+                .reshape(
+                    y,
+                    &[
+                        Some(Dim::sym("batch")),
+                        Some(Dim::Known(width / 2)),
+                        Some(Dim::Known(2)),
+                    ],
+                )
+                .unwrap();
+            let hv = g
+                .reshape(
+                    h,
+                    &[
+                        Some(Dim::sym("batch")),
+                        Some(Dim::Known(width / 2)),
+                        Some(Dim::Known(2)),
+                    ],
+                )
+                .unwrap();
+            let y = g.add(y, hv).unwrap();
+            h = g
+                .reshape(y, &[Some(Dim::sym("batch")), Some(Dim::Known(width))])
+                .unwrap();
+        }
+        g.output("y", h).unwrap();
+        Compiled::new(&g).unwrap()
+    }
+
+    fn eager_deep_mlp(c: &Compiled, x: &Tensor) -> Tensor {
+        // The same program node by node, each output freshly allocated.
+        let mut values: Vec<Option<Tensor>> = vec![None; c.nodes.len()];
+        let inputs = HashMap::from([("x".to_owned(), x.clone())]);
+        let b = HashMap::from([("batch".to_owned(), x.shape()[0])]);
+        for (id, node) in c.nodes.iter().enumerate() {
+            let args: Vec<&Tensor> = node
+                .inputs
+                .iter()
+                .map(|&i| values[i].as_ref().unwrap())
+                .collect();
+            values[id] = Some(execute(node, &args, &inputs, &b).unwrap());
+        }
+        values[c.outputs[0].1].clone().unwrap()
+    }
+
+    fn run_x(c: &Compiled, x: &Tensor) -> Tensor {
+        let out = c
+            .run(
+                &HashMap::from([("x".to_owned(), x.clone())]),
+                &CancelToken::new(),
+            )
+            .unwrap();
+        out["y"].clone()
+    }
+
+    fn input(batch: usize, width: usize) -> Tensor {
+        let data: Vec<f32> = (0..batch * width)
+            .map(|i| ((i * 5) % 17) as f32 / 17.0 - 0.5)
+            .collect();
+        Tensor::from_slice(&data, &[batch, width]).unwrap()
+    }
+
+    #[test]
+    fn runs_from_the_planned_arena_with_in_place_steps() {
+        let c = deep_mlp(4, 64);
+        for batch in [3usize, 33, 3] {
+            let x = input(batch, 64);
+            let y = run_x(&c, &x);
+            assert!(
+                !y.storage().is_arena(),
+                "outputs are copied out of the arena"
+            );
+            assert_eq!(
+                y.elements::<f32>().unwrap(),
+                eager_deep_mlp(&c, &x).elements::<f32>().unwrap()
+            );
+        }
+        let s = c.run_stats();
+        assert_eq!(s.runs, 3);
+        assert_eq!(s.fallback, 0, "{s:?}");
+        // Per layer: linear in the arena, gelu and add in place.
+        assert_eq!(s.in_arena, 3 * 4, "{s:?}");
+        assert_eq!(s.in_place, 3 * 4 * 2, "{s:?}");
+        assert_eq!(c.plans_cached(), 2);
+        // Both batch sizes fit the arena of the larger one: only one was mapped.
+        assert_eq!(s.arenas_created, 2);
+    }
+
+    #[test]
+    fn arena_shrinks_after_a_large_run() {
+        let c = deep_mlp(2, 256);
+        run_x(&c, &input(4096, 256));
+        let big = c.arena_bytes();
+        assert!(big >= 2 * 4096 * 256 * 4, "{big}");
+        for _ in 0..super::super::arena::HISTORY {
+            run_x(&c, &input(2, 256));
+        }
+        let small = c.arena_bytes();
+        assert!(
+            small <= 64 * 1024,
+            "arena stayed at {small} bytes after small runs"
+        );
+        assert!(c.run_stats().arenas_freed >= 1);
+        // And it grows again when needed.
+        run_x(&c, &input(4096, 256));
+        assert!(c.arena_bytes() >= big);
+    }
+
+    #[test]
+    fn concurrent_runs_use_separate_arenas() {
+        let c = Arc::new(deep_mlp(3, 32));
+        let want: Vec<Vec<f32>> = (1..=4)
+            .map(|b| {
+                eager_deep_mlp(&c, &input(b * 7, 32))
+                    .elements::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for t in 0..4usize {
+                let (c, want) = (c.clone(), &want);
+                scope.spawn(move || {
+                    for i in 0..20 {
+                        let b = (t + i) % 4;
+                        let y = run_x(&c, &input((b + 1) * 7, 32));
+                        assert_eq!(y.elements::<f32>().unwrap(), want[b]);
+                    }
+                });
+            }
+        });
+        assert!(c.arena_bytes() > 0);
     }
 }

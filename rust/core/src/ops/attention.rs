@@ -14,7 +14,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::frame::attention::{attention_f32, AttentionProblem, StridedRows};
 use crate::kernels::{self, Isa};
-use crate::storage::{AlignedBuffer, Storage};
+use crate::storage::OutBuffer;
 use crate::tensor::Tensor;
 
 const OP: &str = "attention";
@@ -68,7 +68,7 @@ pub fn attention_with_isa(
     let out_bytes = out_elems
         .checked_mul(4)
         .ok_or_else(|| Error::shape(OP, format!("output {out_shape:?} is too large")))?;
-    let mut buf = AlignedBuffer::zeroed(out_bytes)?;
+    let mut buf = OutBuffer::new(out_bytes, false)?;
     let problem = AttentionProblem {
         q: rows_of(&q)?,
         k: rows_of(&k)?,
@@ -84,7 +84,7 @@ pub fn attention_with_isa(
     };
     attention_f32(&problem, f32_slice_mut(buf.as_mut_slice())?, isa);
     Tensor::from_storage(
-        std::sync::Arc::new(Storage::owned(buf)),
+        std::sync::Arc::new(buf.into_storage()),
         DType::F32,
         &out_shape,
     )

@@ -73,6 +73,74 @@ pub fn binary(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     as_dtype(&out, dtype)
 }
 
+/// `op(a, b)` written over a's elements when a is f32, contiguous, the only
+/// handle on its storage, and already of the broadcast shape (b broadcasts to
+/// it); otherwise a comes back untouched as `Err` (the executor then runs
+/// [`binary`]).
+pub fn binary_in_place(
+    op: Binary,
+    mut a: Tensor,
+    b: &Tensor,
+) -> std::result::Result<Tensor, Tensor> {
+    if a.dtype() != DType::F32
+        || b.dtype() != DType::F32
+        || broadcast_shapes(op.name(), a.shape(), b.shape())
+            .ok()
+            .as_deref()
+            != Some(a.shape())
+    {
+        return Err(a);
+    }
+    let shape = a.shape().to_vec();
+    let (Ok(lb), Ok(db)) = (b.layout().expand(&shape), storage_elements::<f32>(b)) else {
+        return Err(a);
+    };
+    let la = Layout::contiguous(&shape);
+    let isa = isa();
+    let Some(out) = a.unique_elements_mut::<f32>() else {
+        return Err(a);
+    };
+    let dims = coalesce(&shape, &la, &lb);
+    let (n, _, sb) = *dims.last().unwrap_or(&(1, 0, 0));
+    let outer = &dims[..dims.len() - 1];
+    let b_row_offset = |mut r: usize| -> isize {
+        let mut ob = lb.offset() as isize;
+        for &(d, _, xb) in outer.iter().rev() {
+            ob += (r % d) as isize * xb;
+            r /= d;
+        }
+        ob
+    };
+    let total = out.len();
+    if total == 0 {
+        return Ok(a);
+    }
+    let per_task = rowwise::units_per_task(total, 1);
+    rowwise::for_each_chunk(out, 1, per_task, |start, chunk| {
+        let mut tmp_b = Vec::new();
+        let mut tmp_a = [0f32; super::unary::IN_PLACE_TILE];
+        let end = start + chunk.len();
+        let mut p = start;
+        while p < end {
+            let (row, col) = (p / n, p % n);
+            let len = (n - col).min(end - p).min(tmp_a.len());
+            let ob = operand(
+                db,
+                b_row_offset(row) + col as isize * sb,
+                sb,
+                len,
+                &mut tmp_b,
+            );
+            let dst = &mut chunk[p - start..p - start + len];
+            let src = &mut tmp_a[..len];
+            src.copy_from_slice(dst);
+            rowwise::binary(isa, op, Operand::Slice(src), ob, dst);
+            p += len;
+        }
+    });
+    Ok(a)
+}
+
 /// Dimensions of the broadcast iteration after merging runs that are
 /// contiguous in both operands: (size, stride in a, stride in b).
 fn coalesce(shape: &[usize], la: &Layout, lb: &Layout) -> Vec<(usize, isize, isize)> {

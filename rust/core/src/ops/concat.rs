@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::shape::{normalize_axis, numel};
-use crate::storage::{AlignedBuffer, Storage};
+use crate::storage::OutBuffer;
 use crate::tensor::Tensor;
 
 /// Joins `tensors` (same dtype and rank, equal sizes except along `axis`).
@@ -47,7 +47,7 @@ pub fn concat(tensors: &[Tensor], axis: isize) -> Result<Tensor> {
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
     let bytes = numel(&shape)? * size;
-    let mut buf = AlignedBuffer::zeroed(bytes)?;
+    let mut buf = OutBuffer::new(bytes, false)?;
     let parts: Vec<_> = tensors
         .iter()
         .map(|t| t.contiguous_bytes())
@@ -64,5 +64,5 @@ pub fn concat(tensors: &[Tensor], axis: isize) -> Result<Tensor> {
             at += w;
         }
     }
-    Tensor::from_storage(Arc::new(Storage::owned(buf)), dtype, &shape)
+    Tensor::from_storage(Arc::new(buf.into_storage()), dtype, &shape)
 }

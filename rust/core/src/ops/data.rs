@@ -9,7 +9,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::numel;
-use crate::storage::{AlignedBuffer, Storage};
+use crate::storage::OutBuffer;
 use crate::tensor::Tensor;
 
 /// The whole storage of `t` as elements of type `T` (index it with the layout's offsets).
@@ -48,16 +48,21 @@ pub fn new_tensor<T: Element>(
     let bytes = n
         .checked_mul(std::mem::size_of::<T>())
         .ok_or_else(|| Error::shape("tensor", format!("byte size of {shape:?} overflows")))?;
-    let mut buf = AlignedBuffer::zeroed(bytes)?;
+    // Zeroed when freshly allocated; an arena region offered by the executor
+    // keeps stale bytes (every `fill` writes all elements).
+    let mut buf = OutBuffer::new(bytes, false)?;
+    if let OutBuffer::Owned(b) = &mut buf {
+        b.as_mut_slice().fill(0);
+    }
     {
         let raw = buf.as_mut_slice();
         // SAFETY: the buffer is 64-byte aligned (enough for every element type), holds
-        // exactly n elements, is zero-initialised (a valid value of every element type)
-        // and is borrowed mutably and exclusively for this scope.
+        // exactly n elements, is initialised (zeros or an earlier value's bytes; every
+        // bit pattern is a valid element) and is borrowed mutably and exclusively here.
         let elems = unsafe { std::slice::from_raw_parts_mut(raw.as_mut_ptr().cast::<T>(), n) };
         fill(elems)?;
     }
-    Tensor::from_storage(Arc::new(Storage::owned(buf)), T::DTYPE, shape)
+    Tensor::from_storage(Arc::new(buf.into_storage()), T::DTYPE, shape)
 }
 
 /// The dtype an elementwise op computes in: f32 natively, the other floats in

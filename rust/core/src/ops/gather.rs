@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::storage::{AlignedBuffer, Storage};
+use crate::storage::OutBuffer;
 use crate::tensor::Tensor;
 
 use super::data::as_dtype;
@@ -39,14 +39,14 @@ pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
     }
     let table = weight.contiguous_bytes()?;
     let row = dim * weight.dtype().size();
-    let mut buf = AlignedBuffer::zeroed(ids.len() * row)?;
+    let mut buf = OutBuffer::new(ids.len() * row, false)?;
     if row > 0 {
         for (dst, &id) in buf.as_mut_slice().chunks_exact_mut(row).zip(&ids) {
             let at = id as usize * row;
             dst.copy_from_slice(&table[at..at + row]);
         }
     }
-    Tensor::from_storage(Arc::new(Storage::owned(buf)), weight.dtype(), &shape)
+    Tensor::from_storage(Arc::new(buf.into_storage()), weight.dtype(), &shape)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::kernels::frame::epilogue::{Activation, Epilogue};
 use crate::kernels::frame::gemm::{gemm, pack_b_for_reuse, BSource, PackedB};
 use crate::kernels::frame::pack::MatRef;
-use crate::storage::{AlignedBuffer, Storage};
+use crate::storage::OutBuffer;
 use crate::tensor::Tensor;
 
 fn mat_f32(t: &Tensor, batch_offset: isize) -> MatRef<f32> {
@@ -141,7 +141,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             &Epilogue::default(),
         )?;
     }
-    let out = Tensor::from_storage(Arc::new(Storage::owned(out)), DType::F32, &out_shape)?;
+    let out = Tensor::from_storage(Arc::new(out.into_storage()), DType::F32, &out_shape)?;
     let mut final_shape = out_shape;
     if b.ndim() == 1 {
         final_shape.pop();
@@ -267,13 +267,13 @@ pub fn linear(
         Weight::Packed(p) => BSource::Packed(&p.packed),
     };
     gemm(mat_f32(&x2, 0), b, out.as_mut_f32(), n, &epi)?;
-    Tensor::from_storage(Arc::new(Storage::owned(out)), DType::F32, &out_shape)
+    Tensor::from_storage(Arc::new(out.into_storage()), DType::F32, &out_shape)
 }
 
-fn f32_buffer(op: &str, elems: usize) -> Result<AlignedBuffer> {
+fn f32_buffer(op: &str, elems: usize) -> Result<OutBuffer> {
     let bytes = elems
         .checked_mul(4)
         .ok_or_else(|| Error::shape(op, format!("output of {elems} elements is too large")))?;
     // Every element is written by the GEMM, so stale contents are fine.
-    AlignedBuffer::for_overwrite(bytes)
+    OutBuffer::new(bytes, false)
 }

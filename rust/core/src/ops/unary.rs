@@ -58,6 +58,30 @@ pub fn unary(op: Unary, x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `op(x)` written over x's own elements when x is f32, contiguous and the
+/// only handle on its storage (the executor's in-place steps); otherwise x
+/// comes back untouched as `Err`.
+pub fn unary_in_place(op: Unary, mut x: Tensor) -> std::result::Result<Tensor, Tensor> {
+    let isa = isa();
+    let Some(data) = x.unique_elements_mut::<f32>() else {
+        return Err(x);
+    };
+    let per_task = rowwise::units_per_task(data.len(), 1);
+    rowwise::for_each_chunk(data, 1, per_task, |_, chunk| {
+        // The kernels read and write distinct slices: stage each piece in L1.
+        let mut tmp = [0f32; IN_PLACE_TILE];
+        for piece in chunk.chunks_mut(IN_PLACE_TILE) {
+            let src = &mut tmp[..piece.len()];
+            src.copy_from_slice(piece);
+            rowwise::unary_f32(isa, op, src, piece);
+        }
+    });
+    Ok(x)
+}
+
+/// Elements staged per step by the in-place ops (16 KiB of f32).
+pub(crate) const IN_PLACE_TILE: usize = 4096;
+
 macro_rules! unary_fns {
     ($($name:ident => $op:ident),* $(,)?) => {
         $(
