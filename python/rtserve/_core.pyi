@@ -252,33 +252,89 @@ class Graph:
     def sub(self, a: ValueLike, b: ValueLike | float) -> Value: ...
     def mul(self, a: ValueLike, b: ValueLike | float) -> Value: ...
     def div(self, a: ValueLike, b: ValueLike | float) -> Value: ...
+    def maximum(self, a: ValueLike, b: ValueLike | float) -> Value:
+        """Elementwise maximum with broadcasting; NaN propagates."""
+    def minimum(self, a: ValueLike, b: ValueLike | float) -> Value:
+        """Elementwise minimum with broadcasting; NaN propagates."""
+    def pow(self, a: ValueLike, b: ValueLike | float) -> Value:
+        """a ** b with broadcasting (float tensors)."""
+    def exp(self, x: ValueLike) -> Value: ...
+    def log(self, x: ValueLike) -> Value: ...
+    def tanh(self, x: ValueLike) -> Value: ...
+    def erf(self, x: ValueLike) -> Value: ...
     def gelu(self, x: ValueLike) -> Value: ...
     def gelu_tanh(self, x: ValueLike) -> Value: ...
     def silu(self, x: ValueLike) -> Value: ...
     def relu(self, x: ValueLike) -> Value: ...
-    def tanh(self, x: ValueLike) -> Value: ...
-    def exp(self, x: ValueLike) -> Value: ...
+    def sigmoid(self, x: ValueLike) -> Value: ...
+    def sqrt(self, x: ValueLike) -> Value: ...
+    def rsqrt(self, x: ValueLike) -> Value: ...
+    def neg(self, x: ValueLike) -> Value: ...
+    def abs(self, x: ValueLike) -> Value: ...
     def softmax(self, x: ValueLike, axis: int = -1) -> Value: ...
+    def log_softmax(self, x: ValueLike, axis: int = -1) -> Value: ...
     def layer_norm(
         self, x: ValueLike, weight: ValueLike | None = None, bias: ValueLike | None = None, eps: float = 1e-5
     ) -> Value: ...
     def rms_norm(self, x: ValueLike, weight: ValueLike | None = None, eps: float = 1e-6) -> Value: ...
-    def rope(self, x: ValueLike, theta: float = 10000.0, interleaved: bool = False) -> Value:
-        """Rotary embedding of x [batch, seq, heads, head_dim] at positions 0..seq."""
-    def attention(
-        self, q: ValueLike, k: ValueLike, v: ValueLike, causal: bool = False, scale: float | None = None
+    def rope(
+        self,
+        x: ValueLike,
+        theta: float = 10000.0,
+        interleaved: bool = False,
+        positions: ValueLike | None = None,
+        offset: int = 0,
+        rotary_dim: int | None = None,
+        inv_freq: ValueLike | None = None,
     ) -> Value:
-        """Fused attention, BSHD layout; result f32 [batch, seq_q, heads_q, head_dim_v]."""
+        """Rotary embedding of x [batch, seq, heads, head_dim] (head_dim a known int).
+
+        Token s sits at positions[b, s] (integer [batch, seq] or [seq]) or at offset + s;
+        rotary_dim (even) leading dims of each head rotate; inv_freq [rotary_dim / 2] overrides theta.
+        """
+    def attention(
+        self,
+        q: ValueLike,
+        k: ValueLike,
+        v: ValueLike,
+        causal: bool = False,
+        scale: float | None = None,
+        key_padding_mask: ValueLike | None = None,
+    ) -> Value:
+        """Fused attention, BSHD layout; result f32 [batch, seq_q, heads_q, head_dim_v].
+
+        key_padding_mask is [batch, seq_k], bool or integer, nonzero = attend.
+        """
     def embedding(self, weight: ValueLike, ids: ValueLike) -> Value: ...
     def reshape(self, x: ValueLike, shape: Sequence[Dim]) -> Value:
         """Ints, symbols and one -1 (a number or one symbol of x, never a product of symbols)."""
     def transpose(self, x: ValueLike, perm: Sequence[int]) -> Value: ...
     def concat(self, values: Sequence[ValueLike], axis: int = 0) -> Value: ...
-    def sum(self, x: ValueLike, axis: int | None = None, keepdims: bool = False) -> Value: ...
-    def mean(self, x: ValueLike, axis: int | None = None, keepdims: bool = False) -> Value: ...
+    def slice(self, x: ValueLike, axis: int, start: int | None, stop: int | None, step: int = 1) -> Value:
+        """x[start:stop:step] along axis (numpy semantics), contiguous; a symbolic axis only whole.
+
+        Example: ``k = g.slice(qkv, -1, hidden, 2 * hidden)``
+        """
+    def sum(self, x: ValueLike, axis: int | None = None, keepdims: bool = False) -> Value:
+        """Sum (integers and bool give i64)."""
+    def mean(self, x: ValueLike, axis: int | None = None, keepdims: bool = False) -> Value:
+        """Mean (integers and bool give f64)."""
+    def max(self, x: ValueLike, axis: int | None = None, keepdims: bool = False) -> Value: ...
+    def min(self, x: ValueLike, axis: int | None = None, keepdims: bool = False) -> Value: ...
+    def argmax(self, x: ValueLike, axis: int | None = None, keepdims: bool = False) -> Value:
+        """i64 index of the first max (first NaN if any); None: of the flattened x."""
+    def where(self, cond: ValueLike, a: ValueLike | float, b: ValueLike | float) -> Value:
+        """cond ? a : b with broadcasting; cond is bool."""
+    def masked_fill(self, x: ValueLike, mask: ValueLike, value: float) -> Value:
+        """x with value where the bool mask (broadcast to x's shape) is true."""
+    def topk(self, x: ValueLike, k: int, axis: int = -1, largest: bool = True) -> tuple[Value, Value]:
+        """(values, i64 indices) of the k largest/smallest along a known axis, sorted."""
     def cast(self, x: ValueLike, dtype: Any) -> Value: ...
-    def compile(self, device: str = "cpu") -> Compiled:
-        """Freezes the graph; an unknown device raises DeviceError listing the available ones."""
+    def compile(self, device: str = "cpu", optimize: bool = True) -> Compiled:
+        """Freezes the graph, after the optimization passes unless optimize=False.
+
+        An unknown device raises DeviceError listing the available ones.
+        """
 
 class CancelToken:
     """Cancels runs from another thread: ``m.run(inputs, cancel=token)``; ``token.cancel()``."""
@@ -299,6 +355,13 @@ class Compiled:
         """One line per node (op, type, FLOPs) and the memory plan with every symbol = 1."""
     def memory_plan(self, **dims: int) -> dict[str, int]:
         """planned_bytes, lower_bound_bytes, naive_bytes (and in_place) at concrete dims."""
+    def memory_stats(self) -> dict[str, int]:
+        """Arena and plan-cache counters over the runs so far.
+
+        Keys: arena_bytes (idle arena memory held), plans_cached, runs, in_arena,
+        in_place, fallback, arenas_created, arenas_freed. An idle arena more than
+        twice the largest need of the last 8 runs is freed.
+        """
     @property
     def device(self) -> str:
         """The device this graph was compiled for."""

@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use rtserve_core::device::cpu::CpuDevice;
 use rtserve_core::device::Device;
 use rtserve_core::exec::{CancelToken, Compiled};
-use rtserve_core::graph::{Dim, Graph, Op, ValueId};
+use rtserve_core::graph::{Dim, Graph, Op, RopeArgs, ValueId};
 use rtserve_core::kernels::frame::epilogue::Activation;
 use rtserve_core::kernels::generic::elementwise::{Binary, Unary};
 use rtserve_core::kernels::testing::uniform;
 use rtserve_core::kernels::{dispatch, set_isa, Isa};
+use rtserve_core::ops::reduce::Reduce;
 use rtserve_core::{DType, Result, Tensor};
 
 /// What the suite found.
@@ -28,6 +29,18 @@ pub struct Report {
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
     Tensor::from_slice(&uniform(shape.iter().product(), seed, -1.0, 1.0), shape)
+}
+
+/// Values in [lo, hi) (for ops defined on part of the line, like log).
+fn random_in(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Result<Tensor> {
+    Tensor::from_slice(&uniform(shape.iter().product(), seed, lo, hi), shape)
+}
+
+/// A bool tensor, true where `pattern(i)` holds for the flat index i.
+fn flags(shape: &[usize], pattern: impl Fn(usize) -> bool) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let ints: Vec<i64> = (0..n).map(|i| i64::from(pattern(i))).collect();
+    Tensor::from_slice(&ints, shape)?.cast(DType::Bool)
 }
 
 fn known(shape: &[usize]) -> Vec<Dim> {
@@ -101,6 +114,12 @@ fn cases() -> Result<Vec<Case>> {
         ));
     }
     out.push(case(
+        "pow [5,17]**[5,1]",
+        vec![random_in(&[5, 17], 30, 0.1, 2.0)?, random(&[5, 1], 31)?],
+        1e-6,
+        |g, x| g.pow(x[0], x[1]),
+    ));
+    out.push(case(
         "div",
         vec![
             random(&[5, 17], 8)?,
@@ -128,11 +147,25 @@ fn cases() -> Result<Vec<Case>> {
             move |g, x| g.unary(op, x[0]),
         ));
     }
+    for op in [Unary::Log, Unary::Sqrt, Unary::Rsqrt] {
+        out.push(case(
+            format!("{op:?} [3,257] on (0, 4)"),
+            vec![random_in(&[3, 257], 32, 1e-3, 4.0)?],
+            1e-5,
+            move |g, x| g.unary(op, x[0]),
+        ));
+    }
     out.push(case(
         "softmax [7,33]",
         vec![random(&[7, 33], 10)?],
         1e-6,
         |g, x| g.softmax(x[0], -1),
+    ));
+    out.push(case(
+        "log_softmax [7,33] axis 0",
+        vec![random_in(&[7, 33], 33, -20.0, 20.0)?],
+        1e-5,
+        |g, x| g.log_softmax(x[0], 0),
     ));
     out.push(case(
         "layer_norm [5,127]",
@@ -155,9 +188,65 @@ fn cases() -> Result<Vec<Case>> {
             format!("rope interleaved={interleaved}"),
             vec![random(&[2, 7, 3, 16], 16)?],
             1e-5,
-            move |g, x| g.rope(x[0], 10000.0, interleaved),
+            move |g, x| {
+                let args = RopeArgs {
+                    interleaved,
+                    ..RopeArgs::default()
+                };
+                g.rope(x[0], &args)
+            },
+        ));
+        out.push(case(
+            format!("rope offset=5 rotary_dim=10 interleaved={interleaved}"),
+            vec![random(&[3, 5, 2, 14], 34)?],
+            1e-5,
+            move |g, x| {
+                let args = RopeArgs {
+                    offset: 5,
+                    rotary_dim: Some(10),
+                    interleaved,
+                    ..RopeArgs::default()
+                };
+                g.rope(x[0], &args)
+            },
         ));
     }
+    let positions: Vec<i64> = (0..2 * 7).map(|i| (i * 37 % 101) as i64).collect();
+    out.push(case(
+        "rope positions [2,7] i64",
+        vec![
+            random(&[2, 7, 3, 16], 35)?,
+            Tensor::from_slice(&positions, &[2, 7])?,
+        ],
+        1e-5,
+        |g, x| {
+            let args = RopeArgs {
+                positions: Some(x[1]),
+                theta: 500_000.0,
+                ..RopeArgs::default()
+            };
+            g.rope(x[0], &args)
+        },
+    ));
+    out.push(case(
+        "rope positions [7] i32, inv_freq, rotary_dim=6",
+        vec![
+            random(&[2, 7, 3, 10], 36)?,
+            Tensor::from_slice(&[9i32, 3, 0, 11, 40, 2, 7], &[7])?,
+            random_in(&[3], 37, 0.01, 1.0)?,
+        ],
+        1e-5,
+        |g, x| {
+            let args = RopeArgs {
+                positions: Some(x[1]),
+                inv_freq: Some(x[2]),
+                rotary_dim: Some(6),
+                interleaved: true,
+                ..RopeArgs::default()
+            };
+            g.rope(x[0], &args)
+        },
+    ));
     for causal in [false, true] {
         out.push(case(
             format!("attention gqa causal={causal}"),
@@ -167,9 +256,32 @@ fn cases() -> Result<Vec<Case>> {
                 random(&[2, 13, 2, 8], 19)?,
             ],
             1e-5,
-            move |g, x| g.attention(x[0], x[1], x[2], causal, None),
+            move |g, x| g.attention(x[0], x[1], x[2], causal, None, None),
+        ));
+        out.push(case(
+            format!("attention key_padding_mask bool causal={causal}"),
+            vec![
+                random(&[2, 9, 4, 16], 38)?,
+                random(&[2, 13, 2, 16], 39)?,
+                random(&[2, 13, 2, 8], 40)?,
+                flags(&[2, 13], |i| i % 13 < 10 - 3 * (i / 13))?,
+            ],
+            1e-5,
+            move |g, x| g.attention(x[0], x[1], x[2], causal, Some(0.3), Some(x[3])),
         ));
     }
+    let int_mask: Vec<i32> = (0..3 * 5).map(|i| i32::from(i % 5 != 1) * 7).collect();
+    out.push(case(
+        "attention key_padding_mask i32",
+        vec![
+            random(&[3, 5, 3, 7], 41)?,
+            random(&[3, 5, 1, 7], 42)?,
+            random(&[3, 5, 1, 7], 43)?,
+            Tensor::from_slice(&int_mask, &[3, 5])?,
+        ],
+        1e-5,
+        |g, x| g.attention(x[0], x[1], x[2], false, None, Some(x[3])),
+    ));
     let ids = Tensor::from_slice(&[3i64, 0, 6, 6, 1], &[5])?;
     out.push(case(
         "embedding",
@@ -201,6 +313,65 @@ fn cases() -> Result<Vec<Case>> {
             let m = g.mean(x[0], Some(1), true)?;
             g.add(s, m)
         },
+    ));
+    for kind in [Reduce::Max, Reduce::Min, Reduce::ArgMax] {
+        for (axis, keepdims) in [(Some(0), false), (Some(-1), true), (None, false)] {
+            out.push(case(
+                format!("{} [6,33] axis={axis:?} keepdims={keepdims}", kind.name()),
+                vec![random(&[6, 33], 44)?],
+                0.0,
+                move |g, x| g.reduce(kind, x[0], axis, keepdims),
+            ));
+        }
+    }
+    out.push(case(
+        "where [7,1] ? [7,33] : [33]",
+        vec![
+            flags(&[7, 1], |i| i % 3 != 0)?,
+            random(&[7, 33], 45)?,
+            random(&[33], 46)?,
+        ],
+        0.0,
+        |g, x| g.where_(x[0], x[1], x[2]),
+    ));
+    out.push(case(
+        "masked_fill [5,17] mask [1,17] -inf",
+        vec![random(&[5, 17], 47)?, flags(&[1, 17], |i| i % 4 == 1)?],
+        0.0,
+        |g, x| g.masked_fill(x[0], x[1], f64::NEG_INFINITY),
+    ));
+    for (axis, largest) in [(-1, true), (-1, false), (0, true)] {
+        out.push(case(
+            format!("topk k=5 axis={axis} largest={largest} [9,33] values"),
+            vec![random(&[9, 33], 48)?],
+            0.0,
+            move |g, x| Ok(g.topk(x[0], 5, axis, largest)?.0),
+        ));
+        out.push(case(
+            format!("topk k=5 axis={axis} largest={largest} [9,33] indices"),
+            vec![random(&[9, 33], 48)?],
+            0.0,
+            move |g, x| Ok(g.topk(x[0], 5, axis, largest)?.1),
+        ));
+    }
+    for (axis, start, stop, step) in [
+        (1, Some(3), Some(-2), 4),
+        (0, None, None, -2),
+        (-1, Some(-7), None, 1),
+        (1, Some(40), Some(1), -5),
+    ] {
+        out.push(case(
+            format!("slice [9,33] axis={axis} {start:?}:{stop:?}:{step}"),
+            vec![random(&[9, 33], 49)?],
+            0.0,
+            move |g, x| g.slice(x[0], axis, start, stop, step),
+        ));
+    }
+    out.push(case(
+        "slice fused qkv [5,3*16] -> k",
+        vec![random(&[5, 48], 50)?],
+        0.0,
+        |g, x| g.slice(x[0], -1, Some(16), Some(32), 1),
     ));
     out.push(case(
         "cast f32->f16->f32",

@@ -14,12 +14,13 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 use rtserve_core::device::{registry, Executable};
 use rtserve_core::exec::{CancelToken, Compiled};
-use rtserve_core::graph::{Dim, Graph, TensorType, ValueId};
+use rtserve_core::graph::{Dim, Graph, RopeArgs, TensorType, ValueId};
 use rtserve_core::kernels::frame::epilogue::Activation;
 use rtserve_core::kernels::generic::elementwise::{Binary, Unary};
+use rtserve_core::ops::reduce::Reduce;
 use rtserve_core::{DType, Tensor};
 
-use crate::errors::{core, detached, guard};
+use crate::errors::{core, detached, dtype_error, guard};
 use crate::py_tensor::{parse_dtype, to_tensor, PyTensor};
 
 /// Tells graphs apart, so a Value is never used in a graph it does not belong to.
@@ -146,6 +147,12 @@ impl PyGraph {
             || (obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>());
         let t = match like {
             Some(dtype) if is_scalar => {
+                // Like the eager ops: no silent truncation of 0.5 to an integer 0.
+                if obj.is_instance_of::<PyFloat>() && !dtype.is_float() {
+                    return Err(dtype_error(format!(
+                        "a float scalar ({obj}) cannot combine with a {dtype} value without promotion; cast the value first"
+                    )));
+                }
                 core(Tensor::from_slice(&[obj.extract::<f64>()?], &[]).and_then(|t| t.cast(dtype)))?
             }
             _ => to_tensor(obj.py(), obj, false)?,
@@ -182,6 +189,20 @@ impl PyGraph {
         guard(|| {
             let x = self.value(x, None)?;
             let r = self.graph.unary(op, x);
+            self.wrap(r)
+        })
+    }
+
+    fn reduce(
+        &mut self,
+        kind: Reduce,
+        x: &Bound<'_, PyAny>,
+        axis: Option<isize>,
+        keepdims: bool,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.reduce(kind, x, axis, keepdims);
             self.wrap(r)
         })
     }
@@ -275,6 +296,18 @@ impl PyGraph {
     fn div(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
         self.binary(Binary::Div, a, b)
     }
+    /// Elementwise maximum with broadcasting; NaN propagates.
+    fn maximum(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.binary(Binary::Max, a, b)
+    }
+    /// Elementwise minimum with broadcasting; NaN propagates.
+    fn minimum(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.binary(Binary::Min, a, b)
+    }
+    /// `a ** b` with broadcasting (float tensors).
+    fn pow(&mut self, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.binary(Binary::Pow, a, b)
+    }
 
     fn gelu(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
         self.unary(Unary::Gelu, x)
@@ -294,12 +327,42 @@ impl PyGraph {
     fn exp(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
         self.unary(Unary::Exp, x)
     }
+    fn log(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Log, x)
+    }
+    fn erf(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Erf, x)
+    }
+    fn sigmoid(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Sigmoid, x)
+    }
+    fn sqrt(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Sqrt, x)
+    }
+    fn rsqrt(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Rsqrt, x)
+    }
+    fn neg(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Neg, x)
+    }
+    fn abs(&mut self, x: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+        self.unary(Unary::Abs, x)
+    }
 
     #[pyo3(signature = (x, axis=-1))]
     fn softmax(&mut self, x: &Bound<'_, PyAny>, axis: isize) -> PyResult<PyValue> {
         guard(|| {
             let x = self.value(x, None)?;
             let r = self.graph.softmax(x, axis);
+            self.wrap(r)
+        })
+    }
+
+    #[pyo3(signature = (x, axis=-1))]
+    fn log_softmax(&mut self, x: &Bound<'_, PyAny>, axis: isize) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.log_softmax(x, axis);
             self.wrap(r)
         })
     }
@@ -335,16 +398,37 @@ impl PyGraph {
         })
     }
 
-    #[pyo3(signature = (x, theta=10000.0, interleaved=false))]
-    fn rope(&mut self, x: &Bound<'_, PyAny>, theta: f64, interleaved: bool) -> PyResult<PyValue> {
+    /// Rotary embedding of x [batch, seq, heads, head_dim]; token s sits at
+    /// `positions[b, s]` (integer [batch, seq] or [seq]) or at `offset + s`.
+    #[pyo3(signature = (x, theta=10000.0, interleaved=false, positions=None, offset=0, rotary_dim=None, inv_freq=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        theta: f64,
+        interleaved: bool,
+        positions: Option<&Bound<'_, PyAny>>,
+        offset: i64,
+        rotary_dim: Option<usize>,
+        inv_freq: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyValue> {
         guard(|| {
             let x = self.value(x, None)?;
-            let r = self.graph.rope(x, theta, interleaved);
+            let args = RopeArgs {
+                positions: self.opt(positions)?,
+                offset,
+                theta,
+                interleaved,
+                inv_freq: self.opt(inv_freq)?,
+                rotary_dim,
+            };
+            let r = self.graph.rope(x, &args);
             self.wrap(r)
         })
     }
 
-    #[pyo3(signature = (q, k, v, causal=false, scale=None))]
+    /// Fused attention; `key_padding_mask` is [batch, seq_k], bool or integer, nonzero = attend.
+    #[pyo3(signature = (q, k, v, causal=false, scale=None, key_padding_mask=None))]
     fn attention(
         &mut self,
         q: &Bound<'_, PyAny>,
@@ -352,6 +436,7 @@ impl PyGraph {
         v: &Bound<'_, PyAny>,
         causal: bool,
         scale: Option<f32>,
+        key_padding_mask: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyValue> {
         guard(|| {
             let (q, k, v) = (
@@ -359,7 +444,8 @@ impl PyGraph {
                 self.value(k, None)?,
                 self.value(v, None)?,
             );
-            let r = self.graph.attention(q, k, v, causal, scale);
+            let mask = self.opt(key_padding_mask)?;
+            let r = self.graph.attention(q, k, v, causal, scale, mask);
             self.wrap(r)
         })
     }
@@ -406,6 +492,23 @@ impl PyGraph {
         })
     }
 
+    /// `x[start:stop:step]` along `axis` (numpy semantics); the result is contiguous.
+    #[pyo3(signature = (x, axis, start, stop, step=1))]
+    fn slice(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        axis: isize,
+        start: Option<isize>,
+        stop: Option<isize>,
+        step: isize,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let x = self.value(x, None)?;
+            let r = self.graph.slice(x, axis, start, stop, step);
+            self.wrap(r)
+        })
+    }
+
     #[pyo3(signature = (x, axis=None, keepdims=false))]
     fn sum(
         &mut self,
@@ -413,11 +516,7 @@ impl PyGraph {
         axis: Option<isize>,
         keepdims: bool,
     ) -> PyResult<PyValue> {
-        guard(|| {
-            let x = self.value(x, None)?;
-            let r = self.graph.sum(x, axis, keepdims);
-            self.wrap(r)
-        })
+        self.reduce(Reduce::Sum, x, axis, keepdims)
     }
 
     #[pyo3(signature = (x, axis=None, keepdims=false))]
@@ -427,10 +526,85 @@ impl PyGraph {
         axis: Option<isize>,
         keepdims: bool,
     ) -> PyResult<PyValue> {
+        self.reduce(Reduce::Mean, x, axis, keepdims)
+    }
+
+    #[pyo3(signature = (x, axis=None, keepdims=false))]
+    fn max(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        axis: Option<isize>,
+        keepdims: bool,
+    ) -> PyResult<PyValue> {
+        self.reduce(Reduce::Max, x, axis, keepdims)
+    }
+
+    #[pyo3(signature = (x, axis=None, keepdims=false))]
+    fn min(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        axis: Option<isize>,
+        keepdims: bool,
+    ) -> PyResult<PyValue> {
+        self.reduce(Reduce::Min, x, axis, keepdims)
+    }
+
+    /// i64 index of the first maximum over `axis` (None: of the flattened x).
+    #[pyo3(signature = (x, axis=None, keepdims=false))]
+    fn argmax(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        axis: Option<isize>,
+        keepdims: bool,
+    ) -> PyResult<PyValue> {
+        self.reduce(Reduce::ArgMax, x, axis, keepdims)
+    }
+
+    /// `cond ? a : b` with broadcasting (cond bool; a Python scalar takes the other's dtype).
+    #[pyo3(name = "where")]
+    fn where_(
+        &mut self,
+        cond: &Bound<'_, PyAny>,
+        a: &Bound<'_, PyAny>,
+        b: &Bound<'_, PyAny>,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let cond = self.value(cond, None)?;
+            let (da, db) = (self.value_dtype(a), self.value_dtype(b));
+            let a = self.value(a, db)?;
+            let b = self.value(b, da)?;
+            let r = self.graph.where_(cond, a, b);
+            self.wrap(r)
+        })
+    }
+
+    /// x with `value` where the bool `mask` (broadcast to x's shape) is true.
+    fn masked_fill(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        mask: &Bound<'_, PyAny>,
+        value: f64,
+    ) -> PyResult<PyValue> {
+        guard(|| {
+            let (x, mask) = (self.value(x, None)?, self.value(mask, None)?);
+            let r = self.graph.masked_fill(x, mask, value);
+            self.wrap(r)
+        })
+    }
+
+    /// (values, i64 indices) of the k largest (or smallest) along `axis`, sorted.
+    #[pyo3(signature = (x, k, axis=-1, largest=true))]
+    fn topk(
+        &mut self,
+        x: &Bound<'_, PyAny>,
+        k: usize,
+        axis: isize,
+        largest: bool,
+    ) -> PyResult<(PyValue, PyValue)> {
         guard(|| {
             let x = self.value(x, None)?;
-            let r = self.graph.mean(x, axis, keepdims);
-            self.wrap(r)
+            let (values, indices) = core(self.graph.topk(x, k, axis, largest))?;
+            Ok((self.wrap(Ok(values))?, self.wrap(Ok(indices))?))
         })
     }
 
@@ -443,12 +617,22 @@ impl PyGraph {
         })
     }
 
-    /// Freezes the graph for `device` (only "cpu" for now).
-    #[pyo3(signature = (device="cpu"))]
-    fn compile(&self, device: &str) -> PyResult<PyCompiled> {
+    /// Freezes the graph for `device` (see `rt.devices()`). With `optimize`
+    /// (the default) the passes run first: dead code elimination, constant
+    /// folding, CSE, matmul + bias + activation + residual fusion, attention
+    /// fusion and weight pre-packing.
+    #[pyo3(signature = (device="cpu", optimize=true))]
+    fn compile(&self, py: Python<'_>, device: &str, optimize: bool) -> PyResult<PyCompiled> {
         guard(|| {
             let dev = core(registry::get(device))?;
-            let compiled = core(Compiled::new(&self.graph))?;
+            let graph = &self.graph;
+            let compiled = detached(py, move || {
+                if optimize {
+                    Compiled::optimized(graph)
+                } else {
+                    Compiled::new(graph)
+                }
+            })?;
             let executable: Arc<dyn Executable> = Arc::from(core(dev.prepare(&compiled))?);
             Ok(PyCompiled {
                 inner: Arc::new(compiled),
@@ -551,6 +735,25 @@ impl PyCompiled {
     /// The nodes (id, op, type, FLOPs) and the memory plan with every symbol = 1.
     fn summary(&self) -> String {
         self.inner.summary()
+    }
+
+    /// Arena and plan-cache state over the runs so far: `arena_bytes` (idle
+    /// arena memory held for the next runs), `plans_cached` (shape signatures),
+    /// `runs`, `in_arena` / `in_place` / `fallback` (node outputs written into
+    /// their planned region, over their input, or into a fresh buffer),
+    /// `arenas_created`, `arenas_freed`.
+    fn memory_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.run_stats();
+        let d = PyDict::new(py);
+        d.set_item("arena_bytes", self.inner.arena_bytes())?;
+        d.set_item("plans_cached", self.inner.plans_cached())?;
+        d.set_item("runs", s.runs)?;
+        d.set_item("in_arena", s.in_arena)?;
+        d.set_item("in_place", s.in_place)?;
+        d.set_item("fallback", s.fallback)?;
+        d.set_item("arenas_created", s.arenas_created)?;
+        d.set_item("arenas_freed", s.arenas_freed)?;
+        Ok(d)
     }
 
     /// The arena plan at concrete dims, e.g. `memory_plan(batch=8, seq=128)`.

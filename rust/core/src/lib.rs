@@ -14,6 +14,7 @@ pub mod graph;
 pub mod kernels;
 pub mod layout;
 pub mod ops;
+pub mod passes;
 pub mod plan;
 pub mod shape;
 pub mod storage;

@@ -50,13 +50,21 @@ impl Device for CpuDevice {
     fn supports(&self, op: &Op, dtype: DType) -> bool {
         // Every op runs on the CPU; float math needs float inputs, indices and masks
         // may be integers or bools, and any dtype can be moved or cast.
+        // Integer arithmetic wraps like numpy's; reductions take every dtype.
         match op {
             Op::Embedding
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Where
+            | Op::MaskedFill { .. }
+            | Op::Reduce { .. }
             | Op::Cast { .. } => true,
             Op::Input { .. } | Op::Constant(_) => true,
+            Op::Binary(b) => dtype.is_float() || (b.takes_integers() && dtype != DType::Bool),
+            Op::Unary(u) => dtype.is_float() || (u.takes_integers() && dtype != DType::Bool),
+            Op::TopK { .. } => dtype != DType::Bool,
             _ => dtype.is_float(),
         }
     }
@@ -104,6 +112,7 @@ impl Device for CpuDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::generic::elementwise::Binary;
 
     #[test]
     fn buffers_round_trip_and_foreign_buffers_are_refused() {
@@ -126,6 +135,9 @@ mod tests {
         dev.synchronize().unwrap();
         assert!(dev.supports(&Op::Embedding, DType::I64));
         assert!(!dev.supports(&Op::MatMul, DType::I64));
+        assert!(dev.supports(&Op::Where, DType::Bool));
+        assert!(dev.supports(&Op::Binary(Binary::Add), DType::I32));
+        assert!(!dev.supports(&Op::Binary(Binary::Div), DType::I32));
         assert!(dev.info().available);
     }
 }

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::graph::dim::resolve_all;
-use crate::graph::{Node, Op};
+use crate::graph::{Node, Op, TopKOutput};
+use crate::layout::IndexItem;
 use crate::ops::attention::{attention, AttentionOptions};
 use crate::ops::matmul::{linear, matmul, Weight};
 use crate::ops::rope::{rope, RopeOptions};
-use crate::ops::{binary, concat, gather, norm, reduce, softmax, unary};
+use crate::ops::{binary, concat, gather, norm, reduce, select, softmax, topk, unary};
 use crate::tensor::Tensor;
 
 /// One node on the eager ops.
@@ -35,16 +36,25 @@ pub fn execute(
         Op::Linear {
             activation,
             has_bias,
-        } => linear(
-            arg(0)?,
-            Weight::Tensor(arg(1)?),
-            optional(*has_bias, 2)?,
-            *activation,
-            None,
-        ),
+            has_residual,
+            packed,
+        } => {
+            let weight = match packed {
+                Some(p) => Weight::Packed(&p.0),
+                None => Weight::Tensor(arg(1)?),
+            };
+            linear(
+                arg(0)?,
+                weight,
+                optional(*has_bias, 2)?,
+                *activation,
+                optional(*has_residual, 2 + usize::from(*has_bias))?,
+            )
+        }
         Op::Binary(op) => binary::binary(*op, arg(0)?, arg(1)?),
         Op::Unary(op) => unary::unary(*op, arg(0)?),
-        Op::Softmax { axis } => softmax::softmax(arg(0)?, *axis),
+        Op::Softmax { axis, log: false } => softmax::softmax(arg(0)?, *axis),
+        Op::Softmax { axis, log: true } => softmax::log_softmax(arg(0)?, *axis),
         Op::LayerNorm {
             eps,
             has_weight,
@@ -56,22 +66,36 @@ pub fn execute(
             *eps,
         ),
         Op::RmsNorm { eps, has_weight } => norm::rms_norm(arg(0)?, optional(*has_weight, 1)?, *eps),
-        Op::Rope { theta, interleaved } => rope(
+        Op::Rope {
+            theta,
+            interleaved,
+            offset,
+            rotary_dim,
+            has_positions,
+            has_inv_freq,
+        } => rope(
             arg(0)?,
             &RopeOptions {
+                positions: optional(*has_positions, 1)?,
+                offset: *offset,
                 theta: *theta,
                 interleaved: *interleaved,
-                ..RopeOptions::default()
+                inv_freq: optional(*has_inv_freq, 1 + usize::from(*has_positions))?,
+                rotary_dim: *rotary_dim,
             },
         ),
-        Op::Attention { causal, scale } => attention(
+        Op::Attention {
+            causal,
+            scale,
+            has_key_padding_mask,
+        } => attention(
             arg(0)?,
             arg(1)?,
             arg(2)?,
             &AttentionOptions {
                 causal: *causal,
                 scale: *scale,
-                key_padding_mask: None,
+                key_padding_mask: optional(*has_key_padding_mask, 3)?.cloned(),
             },
         ),
         Op::Embedding => gather::embedding(arg(0)?, arg(1)?),
@@ -87,8 +111,47 @@ pub fn execute(
             let parts: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
             concat::concat(&parts, *axis as isize)
         }
-        Op::Sum { axis, keepdims } => reduce::sum(arg(0)?, *axis, *keepdims),
-        Op::Mean { axis, keepdims } => reduce::mean(arg(0)?, *axis, *keepdims),
+        Op::Slice {
+            axis,
+            start,
+            stop,
+            step,
+        } => {
+            let x = arg(0)?;
+            let mut items = vec![
+                IndexItem::Slice {
+                    start: None,
+                    stop: None,
+                    step: 1,
+                };
+                x.ndim()
+            ];
+            items[*axis] = IndexItem::Slice {
+                start: *start,
+                stop: *stop,
+                step: *step,
+            };
+            x.index(&items)?.contiguous()
+        }
+        Op::Reduce {
+            kind,
+            axis,
+            keepdims,
+        } => reduce::reduce(*kind, arg(0)?, *axis, *keepdims),
+        Op::Where => select::where_(arg(0)?, arg(1)?, arg(2)?),
+        Op::MaskedFill { value } => select::masked_fill(arg(0)?, arg(1)?, *value),
+        Op::TopK {
+            k,
+            axis,
+            largest,
+            output,
+        } => {
+            let (values, indices) = topk::topk(arg(0)?, *k, *axis as isize, *largest)?;
+            Ok(match output {
+                TopKOutput::Values => values,
+                TopKOutput::Indices => indices,
+            })
+        }
         Op::Cast { dtype } => arg(0)?.cast(*dtype),
     }
 }

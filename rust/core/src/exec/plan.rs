@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::graph::dim::resolve_all;
 use crate::graph::{format_dims, Dim, Graph, Node, Op, TensorType, ValueId};
 use crate::ops::{binary::binary_in_place, unary::unary_in_place};
+use crate::passes::{optimize, PassStat};
 use crate::plan::{plan, MemoryPlan, Step, ValueInfo, ValueKind};
 use crate::shape::numel;
 use crate::storage::{with_output_slot, Arena};
@@ -45,6 +46,8 @@ pub struct Compiled {
     root: Vec<ValueId>,
     /// Plans per shape signature and idle arenas, shared by clones.
     cache: Arc<RunCache>,
+    /// What each optimization pass did (empty when compiled without passes).
+    passes: Vec<PassStat>,
 }
 
 /// A product `coef · sym · sym ...` (FLOP counts over symbolic dims).
@@ -81,7 +84,20 @@ impl std::fmt::Display for Monomial {
 }
 
 impl Compiled {
-    /// Freezes `graph` with its declared outputs.
+    /// Runs the optimization passes on `graph`, then freezes the result.
+    pub fn optimized(graph: &Graph) -> Result<Compiled> {
+        let (better, passes) = optimize(graph)?;
+        let mut c = Compiled::new(&better)?;
+        c.passes = passes;
+        Ok(c)
+    }
+
+    /// What each optimization pass did.
+    pub fn pass_stats(&self) -> &[PassStat] {
+        &self.passes
+    }
+
+    /// Freezes `graph` with its declared outputs, as built (no passes).
     pub fn new(graph: &Graph) -> Result<Compiled> {
         if graph.outputs().is_empty() {
             return Err(Error::shape(
@@ -120,6 +136,7 @@ impl Compiled {
         Ok(Compiled {
             root,
             cache: Arc::default(),
+            passes: Vec::new(),
             nodes,
             inputs: graph.inputs().to_vec(),
             outputs: graph.outputs().to_vec(),
@@ -537,6 +554,12 @@ impl Compiled {
         }
         for (name, v) in &self.outputs {
             let _ = writeln!(s, "output '{name}' = %{v}");
+        }
+        if self.passes.is_empty() {
+            let _ = writeln!(s, "passes: none (compiled without optimization)");
+        }
+        for p in &self.passes {
+            let _ = writeln!(s, "pass {p}");
         }
         let ones: HashMap<String, usize> = self.symbols().into_iter().map(|s| (s, 1)).collect();
         let at: Vec<String> = {

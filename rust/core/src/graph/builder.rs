@@ -13,12 +13,14 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::frame::epilogue::Activation;
 use crate::kernels::generic::elementwise::{Binary, Unary};
+use crate::layout::slice_indices;
+use crate::ops::reduce::Reduce;
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
 
 use super::dim::{format_dims, Dim};
 use super::node::{Node, TensorType, ValueId};
-use super::op::Op;
+use super::op::{Op, TopKOutput};
 
 /// A graph under construction: nodes in the order they were added (which is
 /// a valid execution order, since a node only reads earlier values).
@@ -29,12 +31,46 @@ pub struct Graph {
     outputs: Vec<(String, ValueId)>,
 }
 
+/// What [`Graph::rope`] takes besides x: the eager op's `RopeOptions` with
+/// graph values in place of tensors. `Default` is Llama's (theta 10000, half
+/// rotation, positions 0..seq, full head_dim).
+#[derive(Clone, Debug)]
+pub struct RopeArgs {
+    /// Integer positions [batch, seq] or [seq] (shared by the batch).
+    pub positions: Option<ValueId>,
+    /// Position of token 0 when `positions` is None.
+    pub offset: i64,
+    pub theta: f64,
+    pub interleaved: bool,
+    /// Float inverse frequencies [rotary_dim / 2] (e.g. Llama 3 scaling); None: from theta.
+    pub inv_freq: Option<ValueId>,
+    /// How many leading dims of each head rotate (even); None: all of head_dim.
+    pub rotary_dim: Option<usize>,
+}
+
+impl Default for RopeArgs {
+    fn default() -> Self {
+        RopeArgs {
+            positions: None,
+            offset: 0,
+            theta: 10_000.0,
+            interleaved: false,
+            inv_freq: None,
+            rotary_dim: None,
+        }
+    }
+}
+
 fn dims_of(t: &Tensor) -> Vec<Dim> {
     t.shape().iter().map(|&d| Dim::Known(d)).collect()
 }
 
 fn is_gemm_weight(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+fn is_integer(dtype: DType) -> bool {
+    !dtype.is_float() && dtype != DType::Bool
 }
 
 fn need_float(op: &str, what: &str, ty: &TensorType) -> Result<()> {
@@ -91,6 +127,18 @@ fn factors(dims: &[Dim]) -> (u128, Vec<&str>) {
     }
     syms.sort_unstable();
     (known, syms)
+}
+
+/// One builder method per unary function, named like the eager op.
+macro_rules! unary_methods {
+    ($($name:ident => $op:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("`", stringify!($name), "(x)` elementwise (see [`Graph::unary`]).")]
+            pub fn $name(&mut self, x: ValueId) -> Result<ValueId> {
+                self.unary(Unary::$op, x)
+            }
+        )*
+    };
 }
 
 impl Graph {
@@ -235,6 +283,19 @@ impl Graph {
         bias: Option<ValueId>,
         activation: Activation,
     ) -> Result<ValueId> {
+        self.linear_residual(x, w, bias, activation, None)
+    }
+
+    /// `act(x · Wᵀ + bias) + residual`: [`Graph::linear`] with the residual
+    /// (f32, the output's shape) added in the GEMM epilogue.
+    pub fn linear_residual(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        bias: Option<ValueId>,
+        activation: Activation,
+        residual: Option<ValueId>,
+    ) -> Result<ValueId> {
         const OP: &str = "linear";
         let (tx, tw) = (self.ty(x)?, self.ty(w)?);
         if tx.dtype != DType::F32 || !is_gemm_weight(tw.dtype) {
@@ -285,13 +346,26 @@ impl Graph {
         let mut dims = tx.dims.clone();
         let last = dims.len() - 1;
         dims[last] = out_f.clone();
+        let out = TensorType::new(DType::F32, dims);
+        if let Some(r) = residual {
+            let tr = self.ty(r)?;
+            if tr != out {
+                return Err(Error::shape(
+                    OP,
+                    format!("residual must be {out} (the output's type), got {tr}"),
+                ));
+            }
+            inputs.push(r);
+        }
         Ok(self.push(
             Op::Linear {
                 activation,
                 has_bias: bias.is_some(),
+                has_residual: residual.is_some(),
+                packed: None,
             },
             inputs,
-            TensorType::new(DType::F32, dims),
+            out,
         ))
     }
 
@@ -327,6 +401,18 @@ impl Graph {
     pub fn div(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
         self.binary(Binary::Div, a, b)
     }
+    /// Elementwise maximum (NaN propagates).
+    pub fn maximum(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.binary(Binary::Max, a, b)
+    }
+    /// Elementwise minimum (NaN propagates).
+    pub fn minimum(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.binary(Binary::Min, a, b)
+    }
+    /// `a ** b`, float tensors.
+    pub fn pow(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.binary(Binary::Pow, a, b)
+    }
 
     /// Elementwise `op(x)`: float tensors (neg, abs and relu also integers).
     pub fn unary(&mut self, op: Unary, x: ValueId) -> Result<ValueId> {
@@ -341,12 +427,27 @@ impl Graph {
         Ok(self.push(Op::Unary(op), vec![x], tx))
     }
 
+    unary_methods!(
+        exp => Exp, log => Log, tanh => Tanh, erf => Erf, gelu => Gelu, gelu_tanh => GeluTanh,
+        silu => Silu, relu => Relu, sigmoid => Sigmoid, sqrt => Sqrt, rsqrt => Rsqrt,
+        neg => Neg, abs => Abs,
+    );
+
     pub fn softmax(&mut self, x: ValueId, axis: isize) -> Result<ValueId> {
-        const OP: &str = "softmax";
+        self.softmax_family(x, axis, false)
+    }
+
+    /// log(softmax(x)) over `axis`, computed stably.
+    pub fn log_softmax(&mut self, x: ValueId, axis: isize) -> Result<ValueId> {
+        self.softmax_family(x, axis, true)
+    }
+
+    fn softmax_family(&mut self, x: ValueId, axis: isize, log: bool) -> Result<ValueId> {
+        let op = Op::Softmax { axis, log };
         let tx = self.ty(x)?;
-        need_float(OP, "x", &tx)?;
-        normalize_axis(OP, axis, tx.ndim())?;
-        Ok(self.push(Op::Softmax { axis }, vec![x], tx))
+        need_float(op.name(), "x", &tx)?;
+        normalize_axis(op.name(), axis, tx.ndim())?;
+        Ok(self.push(op, vec![x], tx))
     }
 
     /// Checks x and the optional per-feature parameters of a norm.
@@ -415,32 +516,98 @@ impl Graph {
         Ok(self.push(op, inputs, tx))
     }
 
-    /// Rotary embedding of x [batch, seq, heads, head_dim] at positions 0..seq.
-    pub fn rope(&mut self, x: ValueId, theta: f64, interleaved: bool) -> Result<ValueId> {
+    /// Rotary embedding of x [batch, seq, heads, head_dim] (see [`RopeArgs`]).
+    /// head_dim must be a known number, so that rotary_dim and inv_freq are
+    /// checked here rather than in a run.
+    pub fn rope(&mut self, x: ValueId, args: &RopeArgs) -> Result<ValueId> {
         const OP: &str = "rope";
         let tx = self.ty(x)?;
         need_float(OP, "x", &tx)?;
+        let shape = || format_dims(&tx.dims);
         if tx.ndim() != 4 {
             return Err(Error::shape(
                 OP,
                 format!(
                     "x must have shape [batch, seq, heads, head_dim], got {}",
-                    format_dims(&tx.dims)
+                    shape()
                 ),
             ));
         }
-        if let Dim::Known(d) = tx.dims[3] {
-            if d % 2 != 0 {
-                return Err(Error::shape(OP, format!("head_dim {d} must be even")));
+        let Dim::Known(head_dim) = tx.dims[3] else {
+            return Err(Error::shape(
+                OP,
+                format!("head_dim of x {} must be a known number", shape()),
+            ));
+        };
+        let rotary_dim = args.rotary_dim.unwrap_or(head_dim);
+        if !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "rotary_dim {rotary_dim} must be even and at most head_dim {head_dim} (x {})",
+                    shape()
+                ),
+            ));
+        }
+        let mut inputs = vec![x];
+        if let Some(p) = args.positions {
+            let tp = self.ty(p)?;
+            if !is_integer(tp.dtype) {
+                return Err(Error::dtype(
+                    OP,
+                    format!("positions must be an integer tensor, got {tp}"),
+                ));
             }
+            let (batch, seq) = (&tx.dims[0], &tx.dims[1]);
+            if tp.dims != [seq.clone()] && tp.dims != [batch.clone(), seq.clone()] {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "positions of shape {} must be [batch, seq] = [{batch}, {seq}] or [seq] (x {})",
+                        format_dims(&tp.dims),
+                        shape()
+                    ),
+                ));
+            }
+            inputs.push(p);
         }
-        if theta.is_nan() || theta <= 0.0 {
-            return Err(Error::shape(OP, format!("theta must be > 0, got {theta}")));
+        match args.inv_freq {
+            Some(f) => {
+                let tf = self.ty(f)?;
+                need_float(OP, "inv_freq", &tf)?;
+                if tf.dims != [Dim::Known(rotary_dim / 2)] {
+                    return Err(Error::shape(
+                        OP,
+                        format!(
+                            "inv_freq must have shape [{}] (rotary_dim / 2), got {}",
+                            rotary_dim / 2,
+                            format_dims(&tf.dims)
+                        ),
+                    ));
+                }
+                inputs.push(f);
+            }
+            None if args.theta.is_nan() || args.theta <= 0.0 => {
+                return Err(Error::shape(
+                    OP,
+                    format!("theta must be > 0, got {}", args.theta),
+                ));
+            }
+            None => {}
         }
-        Ok(self.push(Op::Rope { theta, interleaved }, vec![x], tx))
+        let op = Op::Rope {
+            theta: args.theta,
+            interleaved: args.interleaved,
+            offset: args.offset,
+            rotary_dim: args.rotary_dim,
+            has_positions: args.positions.is_some(),
+            has_inv_freq: args.inv_freq.is_some(),
+        };
+        Ok(self.push(op, inputs, tx))
     }
 
     /// Fused attention over q [b, sq, hq, d], k [b, sk, hkv, d], v [b, sk, hkv, dv] -> f32 [b, sq, hq, dv].
+    /// `key_padding_mask` is [b, sk], bool or integer, nonzero = attend.
     pub fn attention(
         &mut self,
         q: ValueId,
@@ -448,6 +615,7 @@ impl Graph {
         v: ValueId,
         causal: bool,
         scale: Option<f32>,
+        key_padding_mask: Option<ValueId>,
     ) -> Result<ValueId> {
         const OP: &str = "attention";
         let (tq, tk, tv) = (self.ty(q)?, self.ty(k)?, self.ty(v)?);
@@ -498,12 +666,37 @@ impl Graph {
         if let Some(p) = problem {
             return Err(Error::shape(OP, format!("{p}: {}", shapes())));
         }
+        let mut inputs = vec![q, k, v];
+        if let Some(m) = key_padding_mask {
+            let tm = self.ty(m)?;
+            if tm.dtype.is_float() {
+                return Err(Error::dtype(
+                    OP,
+                    format!(
+                        "key_padding_mask must be bool or integer (nonzero = attend), got {tm}"
+                    ),
+                ));
+            }
+            let (batch, seq_k) = (&qd[0], &kd[1]);
+            if tm.dims != [batch.clone(), seq_k.clone()] {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "key_padding_mask must be [batch, seq_k] = [{batch}, {seq_k}], got {} ({})",
+                        format_dims(&tm.dims),
+                        shapes()
+                    ),
+                ));
+            }
+            inputs.push(m);
+        }
         let dims = vec![qd[0].clone(), qd[1].clone(), qd[2].clone(), vd[3].clone()];
-        Ok(self.push(
-            Op::Attention { causal, scale },
-            vec![q, k, v],
-            TensorType::new(DType::F32, dims),
-        ))
+        let op = Op::Attention {
+            causal,
+            scale,
+            has_key_padding_mask: key_padding_mask.is_some(),
+        };
+        Ok(self.push(op, inputs, TensorType::new(DType::F32, dims)))
     }
 
     /// `weight[ids]`: weight [vocab, dim], integer ids; result [*ids, dim] of weight's dtype.
@@ -681,41 +874,244 @@ impl Graph {
         ))
     }
 
-    fn reduction(
+    /// Reduces x over `axis` (None: every element). Result dtypes follow the
+    /// eager op (numpy): sum of integers/bool is i64, mean of them f64, argmax
+    /// i64, otherwise x's dtype.
+    pub fn reduce(
         &mut self,
-        op: Op,
+        kind: Reduce,
         x: ValueId,
         axis: Option<isize>,
         keepdims: bool,
     ) -> Result<ValueId> {
-        let name = op.name();
+        let name = kind.name();
         let tx = self.ty(x)?;
-        need_float(name, "x", &tx)?;
-        let dims = match axis {
-            None if keepdims => vec![Dim::Known(1); tx.ndim()],
-            None => vec![],
-            Some(a) => {
-                let a = normalize_axis(name, a, tx.ndim())?;
-                let mut d = tx.dims.clone();
-                if keepdims {
-                    d[a] = Dim::Known(1);
-                } else {
-                    d.remove(a);
+        let dtype = match kind {
+            _ if tx.dtype.is_float() && kind != Reduce::ArgMax => tx.dtype,
+            Reduce::Sum | Reduce::ArgMax => DType::I64,
+            Reduce::Mean => DType::F64,
+            Reduce::Max | Reduce::Min => tx.dtype,
+        };
+        let reduced: Vec<usize> = match axis {
+            None => (0..tx.ndim()).collect(),
+            Some(a) => vec![normalize_axis(name, a, tx.ndim())?],
+        };
+        let dims = tx
+            .dims
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match (reduced.contains(&i), keepdims) {
+                (false, _) => Some(d.clone()),
+                (true, true) => Some(Dim::Known(1)),
+                (true, false) => None,
+            })
+            .collect();
+        // max, min and argmax of nothing have no value: refuse a reduced
+        // extent known to be empty unless the result is empty as well.
+        let is_zero = |i: &usize| tx.dims[*i] == Dim::Known(0);
+        let empty_reduced = reduced.iter().any(is_zero);
+        let empty_result = (0..tx.ndim()).any(|i| !reduced.contains(&i) && is_zero(&i));
+        if matches!(kind, Reduce::Max | Reduce::Min | Reduce::ArgMax)
+            && empty_reduced
+            && !empty_result
+        {
+            return Err(Error::shape(
+                name,
+                format!(
+                    "cannot take {name} over an empty extent of {} (axis {axis:?}; no identity)",
+                    format_dims(&tx.dims)
+                ),
+            ));
+        }
+        let op = Op::Reduce {
+            kind,
+            axis,
+            keepdims,
+        };
+        Ok(self.push(op, vec![x], TensorType::new(dtype, dims)))
+    }
+
+    /// Sum over `axis` (None: all elements).
+    pub fn sum(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
+        self.reduce(Reduce::Sum, x, axis, keepdims)
+    }
+
+    /// Mean over `axis` (None: all elements).
+    pub fn mean(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
+        self.reduce(Reduce::Mean, x, axis, keepdims)
+    }
+
+    /// Maximum over `axis` (None: all elements); NaN propagates.
+    pub fn max(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
+        self.reduce(Reduce::Max, x, axis, keepdims)
+    }
+
+    /// Minimum over `axis` (None: all elements); NaN propagates.
+    pub fn min(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
+        self.reduce(Reduce::Min, x, axis, keepdims)
+    }
+
+    /// i64 index of the first maximum over `axis` (None: of the flattened x).
+    pub fn argmax(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
+        self.reduce(Reduce::ArgMax, x, axis, keepdims)
+    }
+
+    /// `x[start:stop:step]` along `axis`, numpy semantics (negative indices
+    /// count from the end, out-of-range bounds clamp); the result is contiguous.
+    /// Along a symbolic dim only the whole range is accepted, since the length
+    /// of any other slice of it is not a dim the graph can express.
+    pub fn slice(
+        &mut self,
+        x: ValueId,
+        axis: isize,
+        start: Option<isize>,
+        stop: Option<isize>,
+        step: isize,
+    ) -> Result<ValueId> {
+        const OP: &str = "slice";
+        let tx = self.ty(x)?;
+        let axis = normalize_axis(OP, axis, tx.ndim())?;
+        if step == 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "step cannot be zero (x {}, axis {axis})",
+                    format_dims(&tx.dims)
+                ),
+            ));
+        }
+        let len = match &tx.dims[axis] {
+            Dim::Known(n) => Dim::Known(slice_indices(start, stop, step, *n)?.1),
+            Dim::Sym(s) => {
+                let whole = stop.is_none()
+                    && (matches!((start, step), (None, 1 | -1)) || (start, step) == (Some(0), 1));
+                if !whole {
+                    return Err(Error::Unsupported(format!(
+                        "{OP}: a slice of the symbolic dim '{s}' of {} (axis {axis}) has a length the graph cannot express; slice a known dim",
+                        format_dims(&tx.dims)
+                    )));
                 }
-                d
+                Dim::sym(s.as_str())
             }
+        };
+        let mut dims = tx.dims.clone();
+        dims[axis] = len;
+        let op = Op::Slice {
+            axis,
+            start,
+            stop,
+            step,
         };
         Ok(self.push(op, vec![x], TensorType::new(tx.dtype, dims)))
     }
 
-    /// Sum over `axis` (None: all elements). Float tensors.
-    pub fn sum(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
-        self.reduction(Op::Sum { axis, keepdims }, x, axis, keepdims)
+    /// `cond ? a : b` elementwise with broadcasting: cond bool, a and b of one dtype.
+    pub fn where_(&mut self, cond: ValueId, a: ValueId, b: ValueId) -> Result<ValueId> {
+        const OP: &str = "where";
+        let (tc, ta, tb) = (self.ty(cond)?, self.ty(a)?, self.ty(b)?);
+        if tc.dtype != DType::Bool {
+            return Err(Error::dtype(OP, format!("cond must be bool, got {tc}")));
+        }
+        if ta.dtype != tb.dtype {
+            return Err(Error::dtype(
+                OP,
+                format!("a and b have different dtypes: {ta} and {tb} (cast one first)"),
+            ));
+        }
+        let dims = broadcast_dims(OP, &ta.dims, &tb.dims)
+            .and_then(|d| broadcast_dims(OP, &d, &tc.dims))
+            .map_err(|_| {
+                Error::shape(
+                    OP,
+                    format!(
+                        "cond {}, a {} and b {} cannot be broadcast together",
+                        format_dims(&tc.dims),
+                        format_dims(&ta.dims),
+                        format_dims(&tb.dims)
+                    ),
+                )
+            })?;
+        Ok(self.push(Op::Where, vec![cond, a, b], TensorType::new(ta.dtype, dims)))
     }
 
-    /// Mean over `axis` (None: all elements). Float tensors.
-    pub fn mean(&mut self, x: ValueId, axis: Option<isize>, keepdims: bool) -> Result<ValueId> {
-        self.reduction(Op::Mean { axis, keepdims }, x, axis, keepdims)
+    /// x with `value` (converted to x's dtype) wherever the bool mask is true;
+    /// mask broadcasts to x's shape.
+    pub fn masked_fill(&mut self, x: ValueId, mask: ValueId, value: f64) -> Result<ValueId> {
+        const OP: &str = "masked_fill";
+        let (tx, tm) = (self.ty(x)?, self.ty(mask)?);
+        if tm.dtype != DType::Bool {
+            return Err(Error::dtype(OP, format!("mask must be bool, got {tm}")));
+        }
+        let fits = broadcast_dims(OP, &tx.dims, &tm.dims).is_ok_and(|d| d == tx.dims);
+        if !fits {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "mask of shape {} does not broadcast to x's shape {}",
+                    format_dims(&tm.dims),
+                    format_dims(&tx.dims)
+                ),
+            ));
+        }
+        Ok(self.push(Op::MaskedFill { value }, vec![x, mask], tx))
+    }
+
+    /// The k largest (or smallest) entries of x along `axis`, sorted: two
+    /// values, (values of x's dtype, i64 indices), each x's shape with `axis`
+    /// shortened to k. The axis must be a known dim (k is checked against it).
+    pub fn topk(
+        &mut self,
+        x: ValueId,
+        k: usize,
+        axis: isize,
+        largest: bool,
+    ) -> Result<(ValueId, ValueId)> {
+        const OP: &str = "topk";
+        let tx = self.ty(x)?;
+        if tx.dtype == DType::Bool {
+            return Err(Error::dtype(
+                OP,
+                format!("topk is not defined for bool tensors, got {tx}"),
+            ));
+        }
+        let axis = normalize_axis(OP, axis, tx.ndim())?;
+        match &tx.dims[axis] {
+            Dim::Known(n) if k > *n => {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "k={k} is larger than the size {n} of axis {axis} of {}",
+                        format_dims(&tx.dims)
+                    ),
+                ))
+            }
+            Dim::Known(_) => {}
+            Dim::Sym(s) => {
+                return Err(Error::Unsupported(format!(
+                    "{OP}: along the symbolic dim '{s}' of {} (axis {axis}), k={k} cannot be checked when the graph is built",
+                    format_dims(&tx.dims)
+                )))
+            }
+        }
+        let mut dims = tx.dims.clone();
+        dims[axis] = Dim::Known(k);
+        let node = |output| Op::TopK {
+            k,
+            axis,
+            largest,
+            output,
+        };
+        let values = self.push(
+            node(TopKOutput::Values),
+            vec![x],
+            TensorType::new(tx.dtype, dims.clone()),
+        );
+        let indices = self.push(
+            node(TopKOutput::Indices),
+            vec![x],
+            TensorType::new(DType::I64, dims),
+        );
+        Ok((values, indices))
     }
 
     pub fn cast(&mut self, x: ValueId, dtype: DType) -> Result<ValueId> {
@@ -734,6 +1130,21 @@ impl Graph {
             }
         }
         out
+    }
+
+    /// A graph from its parts, as rewrites (`crate::passes`) assemble them.
+    /// Nothing is checked here: [`super::verify::verify`] checks the
+    /// invariants the builder methods guarantee.
+    pub(crate) fn from_parts(
+        nodes: Vec<Node>,
+        inputs: Vec<(String, ValueId)>,
+        outputs: Vec<(String, ValueId)>,
+    ) -> Graph {
+        Graph {
+            nodes,
+            inputs,
+            outputs,
+        }
     }
 }
 
@@ -854,16 +1265,280 @@ mod tests {
         let kv = g
             .input("kv", syms(&["b", "t", "2", "16"]), DType::F32)
             .unwrap();
-        let a = g.attention(q, kv, kv, true, None).unwrap();
+        let a = g.attention(q, kv, kv, true, None, None).unwrap();
         assert_eq!(g.value_type(a).unwrap().dims, syms(&["b", "s", "8", "16"]));
         let bad = g
             .input("bad", syms(&["b", "t", "3", "16"]), DType::F32)
             .unwrap();
-        assert!(g.attention(q, bad, bad, false, None).is_err());
+        assert!(g.attention(q, bad, bad, false, None, None).is_err());
         let w = g.constant(Tensor::zeros(DType::F32, &[100, 16]).unwrap());
         let ids = g.input("ids", syms(&["b", "s"]), DType::I64).unwrap();
         let e = g.embedding(w, ids).unwrap();
         assert_eq!(g.value_type(e).unwrap().to_string(), "f32[b, s, 16]");
         assert!(matches!(g.embedding(w, q), Err(Error::DType { .. })));
+    }
+
+    fn shape_err(r: Result<ValueId>, needles: &[&str]) {
+        let e = r.unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Shape { .. }), "{msg}");
+        for n in needles {
+            assert!(msg.contains(n), "'{n}' not in: {msg}");
+        }
+    }
+
+    fn dtype_err(r: Result<ValueId>, op: &str) {
+        let e = r.unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, Error::DType { .. }) && msg.contains(op),
+            "{msg}"
+        );
+    }
+
+    fn ty(g: &Graph, v: ValueId) -> String {
+        g.value_type(v).unwrap().to_string()
+    }
+
+    /// The type of the value `build` adds, as a string.
+    fn typed(g: &mut Graph, build: impl FnOnce(&mut Graph) -> Result<ValueId>) -> String {
+        let v = build(g).unwrap();
+        ty(g, v)
+    }
+
+    #[test]
+    fn elementwise_softmax_and_reductions_types_and_errors() {
+        let mut g = Graph::new();
+        let x = g.input("x", syms(&["b", "7"]), DType::F32).unwrap();
+        let i = g.input("i", syms(&["b", "7"]), DType::I32).unwrap();
+        let row = g.input("row", syms(&["7"]), DType::F32).unwrap();
+        let m = g.maximum(x, row).unwrap();
+        assert_eq!(ty(&g, m), "f32[b, 7]");
+        let m = g.minimum(i, i).unwrap();
+        assert_eq!(ty(&g, m), "i32[b, 7]");
+        dtype_err(g.pow(i, i), "pow");
+        for f in [
+            Graph::sigmoid,
+            Graph::erf,
+            Graph::sqrt,
+            Graph::rsqrt,
+            Graph::log,
+        ] {
+            assert_eq!(typed(&mut g, |g| f(g, x)), "f32[b, 7]");
+            assert!(matches!(f(&mut g, i), Err(Error::DType { .. })));
+        }
+        assert_eq!(typed(&mut g, |g| g.abs(i)), "i32[b, 7]");
+        let ls = g.log_softmax(x, 0).unwrap();
+        assert_eq!(g.nodes()[ls].op.name(), "log_softmax");
+        dtype_err(g.log_softmax(i, -1), "log_softmax");
+        shape_err(g.log_softmax(x, 2), &["log_softmax"]);
+
+        assert_eq!(typed(&mut g, |g| g.max(x, Some(-1), true)), "f32[b, 1]");
+        assert_eq!(typed(&mut g, |g| g.min(i, Some(0), false)), "i32[7]");
+        assert_eq!(typed(&mut g, |g| g.argmax(x, Some(1), false)), "i64[b]");
+        assert_eq!(typed(&mut g, |g| g.argmax(x, None, false)), "i64[]");
+        assert_eq!(typed(&mut g, |g| g.sum(i, None, true)), "i64[1, 1]");
+        assert_eq!(typed(&mut g, |g| g.mean(i, Some(1), false)), "f64[b]");
+        shape_err(g.argmax(x, Some(2), false), &["argmax"]);
+        let empty = g.input("empty", syms(&["b", "0"]), DType::F32).unwrap();
+        shape_err(g.max(empty, Some(1), false), &["max", "[b, 0]"]);
+        shape_err(g.argmax(empty, None, false), &["argmax", "[b, 0]"]);
+        assert!(
+            g.max(empty, Some(0), false).is_ok(),
+            "an empty result is fine"
+        );
+        assert!(g.sum(empty, Some(1), false).is_ok(), "sum has an identity");
+    }
+
+    #[test]
+    fn where_and_masked_fill_broadcast_over_symbols() {
+        let mut g = Graph::new();
+        let x = g.input("x", syms(&["b", "s", "8"]), DType::F32).unwrap();
+        let mask = g
+            .input("mask", syms(&["b", "s", "1"]), DType::Bool)
+            .unwrap();
+        let row = g.input("row", syms(&["8"]), DType::F32).unwrap();
+        let w = g.where_(mask, x, row).unwrap();
+        assert_eq!(ty(&g, w), "f32[b, s, 8]");
+        let f = g.masked_fill(x, mask, f64::NEG_INFINITY).unwrap();
+        assert_eq!(ty(&g, f), "f32[b, s, 8]");
+        dtype_err(g.where_(x, x, row), "where");
+        let i = g.input("i", syms(&["8"]), DType::I64).unwrap();
+        dtype_err(g.where_(mask, x, i), "where");
+        let other = g.input("other", syms(&["t", "8"]), DType::F32).unwrap();
+        shape_err(
+            g.where_(mask, x, other),
+            &["where", "[b, s, 1]", "[b, s, 8]", "[t, 8]"],
+        );
+        dtype_err(g.masked_fill(x, x, 0.0), "masked_fill");
+        // The mask may broadcast, but the result keeps x's shape.
+        let wide = g
+            .input("wide", syms(&["b", "s", "8"]), DType::Bool)
+            .unwrap();
+        shape_err(
+            g.masked_fill(row, wide, 0.0),
+            &["masked_fill", "[b, s, 8]", "[8]"],
+        );
+    }
+
+    #[test]
+    fn topk_and_slice_types_and_errors() {
+        let mut g = Graph::new();
+        let x = g.input("x", syms(&["b", "s", "33"]), DType::F32).unwrap();
+        let (v, i) = g.topk(x, 5, -1, true).unwrap();
+        assert_eq!(
+            (ty(&g, v), ty(&g, i)),
+            ("f32[b, s, 5]".into(), "i64[b, s, 5]".into())
+        );
+        assert_eq!(
+            g.nodes()[i].op.attributes(),
+            "k=5, axis=2, largest=true, output=indices"
+        );
+        let e = g.topk(x, 34, 2, true).unwrap_err().to_string();
+        assert!(
+            e.contains("topk") && e.contains("[b, s, 33]") && e.contains("34"),
+            "{e}"
+        );
+        assert!(matches!(g.topk(x, 1, 1, true), Err(Error::Unsupported(_))));
+        let flags = g.input("flags", syms(&["4"]), DType::Bool).unwrap();
+        assert!(matches!(
+            g.topk(flags, 1, 0, true),
+            Err(Error::DType { .. })
+        ));
+
+        let s = g.slice(x, -1, Some(-10), None, 1).unwrap();
+        assert_eq!(ty(&g, s), "f32[b, s, 10]");
+        let s = g.slice(x, 2, None, None, -3).unwrap();
+        assert_eq!(ty(&g, s), "f32[b, s, 11]");
+        let s = g.slice(x, 2, Some(40), Some(50), 1).unwrap();
+        assert_eq!(ty(&g, s), "f32[b, s, 0]");
+        let s = g.slice(x, 1, Some(0), None, 1).unwrap();
+        assert_eq!(ty(&g, s), "f32[b, s, 33]");
+        shape_err(
+            g.slice(x, 2, None, None, 0),
+            &["slice", "[b, s, 33]", "zero"],
+        );
+        shape_err(g.slice(x, 3, None, None, 1), &["slice"]);
+        let e = g.slice(x, 1, Some(-1), None, 1).unwrap_err();
+        assert!(
+            matches!(&e, Error::Unsupported(m) if m.contains("slice") && m.contains("'s'")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rope_positions_and_attention_mask_are_checked() {
+        let mut g = Graph::new();
+        let x = g
+            .input("x", syms(&["b", "s", "4", "16"]), DType::F32)
+            .unwrap();
+        let pos = g.input("pos", syms(&["b", "s"]), DType::I64).unwrap();
+        let pos1 = g.input("pos1", syms(&["s"]), DType::I32).unwrap();
+        let freq = g.constant(Tensor::zeros(DType::F32, &[4]).unwrap());
+        for positions in [Some(pos), Some(pos1), None] {
+            let args = RopeArgs {
+                positions,
+                offset: 3,
+                rotary_dim: Some(8),
+                inv_freq: Some(freq),
+                ..RopeArgs::default()
+            };
+            let r = g.rope(x, &args).unwrap();
+            assert_eq!(ty(&g, r), "f32[b, s, 4, 16]");
+        }
+        let rope = |g: &mut Graph, args: RopeArgs| g.rope(x, &args);
+        let bad_pos = g.input("bad_pos", syms(&["b", "t"]), DType::I64).unwrap();
+        shape_err(
+            rope(
+                &mut g,
+                RopeArgs {
+                    positions: Some(bad_pos),
+                    ..Default::default()
+                },
+            ),
+            &["rope", "[b, t]", "[b, s, 4, 16]"],
+        );
+        let float_pos = g.input("float_pos", syms(&["s"]), DType::F32).unwrap();
+        dtype_err(
+            rope(
+                &mut g,
+                RopeArgs {
+                    positions: Some(float_pos),
+                    ..Default::default()
+                },
+            ),
+            "rope",
+        );
+        shape_err(
+            rope(
+                &mut g,
+                RopeArgs {
+                    rotary_dim: Some(7),
+                    ..Default::default()
+                },
+            ),
+            &["rope", "rotary_dim 7"],
+        );
+        shape_err(
+            rope(
+                &mut g,
+                RopeArgs {
+                    rotary_dim: Some(18),
+                    ..Default::default()
+                },
+            ),
+            &["rope", "head_dim 16"],
+        );
+        shape_err(
+            rope(
+                &mut g,
+                RopeArgs {
+                    inv_freq: Some(freq),
+                    ..Default::default()
+                },
+            ),
+            &["rope", "inv_freq", "[8]", "[4]"],
+        );
+        shape_err(
+            rope(
+                &mut g,
+                RopeArgs {
+                    theta: 0.0,
+                    ..Default::default()
+                },
+            ),
+            &["rope", "theta"],
+        );
+        let sym_dim = g
+            .input("sym_dim", syms(&["b", "s", "4", "d"]), DType::F32)
+            .unwrap();
+        shape_err(
+            g.rope(sym_dim, &RopeArgs::default()),
+            &["rope", "[b, s, 4, d]"],
+        );
+
+        let q = g
+            .input("q", syms(&["b", "s", "4", "16"]), DType::F32)
+            .unwrap();
+        let kv = g
+            .input("kv", syms(&["b", "t", "2", "16"]), DType::F32)
+            .unwrap();
+        let mask = g.input("mask", syms(&["b", "t"]), DType::Bool).unwrap();
+        let a = g.attention(q, kv, kv, false, None, Some(mask)).unwrap();
+        assert_eq!(ty(&g, a), "f32[b, s, 4, 16]");
+        assert_eq!(g.nodes()[a].inputs.len(), 4);
+        let int_mask = g.input("int_mask", syms(&["b", "t"]), DType::I64).unwrap();
+        assert!(g.attention(q, kv, kv, true, None, Some(int_mask)).is_ok());
+        shape_err(
+            g.attention(q, kv, kv, false, None, Some(pos)),
+            &["attention", "key_padding_mask", "[b, t]", "[b, s]"],
+        );
+        let float_mask = g
+            .input("float_mask", syms(&["b", "t"]), DType::F32)
+            .unwrap();
+        dtype_err(
+            g.attention(q, kv, kv, false, None, Some(float_mask)),
+            "attention",
+        );
     }
 }

@@ -7,8 +7,9 @@ pub mod builder;
 pub mod dim;
 pub mod node;
 pub mod op;
+pub mod verify;
 
-pub use builder::Graph;
+pub use builder::{Graph, RopeArgs};
 pub use dim::{format_dims, Dim};
 pub use node::{Node, TensorType, ValueId};
-pub use op::Op;
+pub use op::{Op, Prepacked, TopKOutput};

@@ -1,9 +1,13 @@
 //! What a node computes. Each op maps onto one eager op of `crate::ops`; the
 //! input order of a node is the argument order of that op.
 
+use std::sync::Arc;
+
 use crate::dtype::DType;
 use crate::kernels::frame::epilogue::Activation;
 use crate::kernels::generic::elementwise::{Binary, Unary};
+use crate::ops::matmul::PackedWeight;
+use crate::ops::reduce::Reduce;
 use crate::tensor::Tensor;
 
 use super::dim::{format_dims, Dim};
@@ -18,17 +22,24 @@ pub enum Op {
     Constant(Tensor),
     /// `a @ b` with numpy semantics (inputs: a, b).
     MatMul,
-    /// `act(x · Wᵀ + bias)` (inputs: x, w [out, in], then bias [out] if `has_bias`).
+    /// `act(x · Wᵀ + bias) + residual` (inputs: x, w [out, in], then bias
+    /// [out] if `has_bias`, then residual [..., out] if `has_residual`). With
+    /// `packed` (set by `passes::prepack_weights` for constant weights) the
+    /// GEMM reads that copy of w; the w input still gives the shapes.
     Linear {
         activation: Activation,
         has_bias: bool,
+        has_residual: bool,
+        packed: Option<Prepacked>,
     },
     /// Elementwise with broadcasting (inputs: a, b).
     Binary(Binary),
     /// Elementwise (input: x).
     Unary(Unary),
+    /// softmax, or log_softmax when `log` (input: x).
     Softmax {
         axis: isize,
+        log: bool,
     },
     /// Inputs: x, then weight if `has_weight`, then bias if `has_bias`.
     LayerNorm {
@@ -41,15 +52,23 @@ pub enum Op {
         eps: f64,
         has_weight: bool,
     },
-    /// x [batch, seq, heads, head_dim], positions 0..seq.
+    /// Inputs: x [batch, seq, heads, head_dim], then positions if
+    /// `has_positions` (else token s is at `offset + s`), then inv_freq if
+    /// `has_inv_freq` (else derived from `theta`).
     Rope {
         theta: f64,
         interleaved: bool,
+        offset: i64,
+        rotary_dim: Option<usize>,
+        has_positions: bool,
+        has_inv_freq: bool,
     },
-    /// Inputs: q, k, v in [batch, seq, heads, head_dim] layout.
+    /// Inputs: q, k, v in [batch, seq, heads, head_dim] layout, then the
+    /// key padding mask [batch, seq_k] if `has_key_padding_mask`.
     Attention {
         causal: bool,
         scale: Option<f32>,
+        has_key_padding_mask: bool,
     },
     /// Inputs: weight [vocab, dim], ids.
     Embedding,
@@ -64,17 +83,60 @@ pub enum Op {
     Concat {
         axis: usize,
     },
-    Sum {
+    /// `x[start:stop:step]` along `axis` (numpy semantics); the result is
+    /// materialized (contiguous).
+    Slice {
+        axis: usize,
+        start: Option<isize>,
+        stop: Option<isize>,
+        step: isize,
+    },
+    /// sum, mean, max, min or argmax over `axis` (None: every element).
+    Reduce {
+        kind: Reduce,
         axis: Option<isize>,
         keepdims: bool,
     },
-    Mean {
-        axis: Option<isize>,
-        keepdims: bool,
+    /// `cond ? a : b` with broadcasting (inputs: cond, a, b).
+    Where,
+    /// x with `value` where mask is true (inputs: x, mask).
+    MaskedFill {
+        value: f64,
+    },
+    /// One output of top-k along `axis`: the sorted values or their i64
+    /// indices (a node has one output, so top-k is two nodes).
+    TopK {
+        k: usize,
+        axis: usize,
+        largest: bool,
+        output: TopKOutput,
     },
     Cast {
         dtype: DType,
     },
+}
+
+/// A weight packed once for the GEMM, shared by every run (and every clone
+/// of the op). Debug shows its shape, not its panels.
+#[derive(Clone)]
+pub struct Prepacked(pub Arc<PackedWeight>);
+
+impl std::fmt::Debug for Prepacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.0;
+        write!(
+            f,
+            "Prepacked({}[{}, {}])",
+            p.dtype, p.out_features, p.in_features
+        )
+    }
+}
+
+/// Which output of top-k a [`Op::TopK`] node defines.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TopKOutput {
+    Values,
+    Indices,
 }
 
 impl Op {
@@ -87,7 +149,8 @@ impl Op {
             Op::Linear { .. } => "linear",
             Op::Binary(b) => b.name(),
             Op::Unary(u) => u.name(),
-            Op::Softmax { .. } => "softmax",
+            Op::Softmax { log: false, .. } => "softmax",
+            Op::Softmax { log: true, .. } => "log_softmax",
             Op::LayerNorm { .. } => "layer_norm",
             Op::RmsNorm { .. } => "rms_norm",
             Op::Rope { .. } => "rope",
@@ -96,8 +159,11 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Transpose { .. } => "transpose",
             Op::Concat { .. } => "concat",
-            Op::Sum { .. } => "sum",
-            Op::Mean { .. } => "mean",
+            Op::Slice { .. } => "slice",
+            Op::Reduce { kind, .. } => kind.name(),
+            Op::Where => "where",
+            Op::MaskedFill { .. } => "masked_fill",
+            Op::TopK { .. } => "topk",
             Op::Cast { .. } => "cast",
         }
     }
@@ -116,23 +182,78 @@ impl Op {
     pub fn attributes(&self) -> String {
         match self {
             Op::Input { name } => format!("'{name}'"),
-            Op::Linear { activation, .. } if *activation != Activation::None => {
-                format!("activation={activation:?}").to_lowercase()
+            Op::Linear {
+                activation,
+                has_residual,
+                packed,
+                ..
+            } => {
+                let mut parts = vec![];
+                if *activation != Activation::None {
+                    parts.push(format!("activation={activation:?}").to_lowercase());
+                }
+                if *has_residual {
+                    parts.push("residual".to_owned());
+                }
+                if packed.is_some() {
+                    parts.push("prepacked".to_owned());
+                }
+                parts.join(", ")
             }
-            Op::Softmax { axis } => format!("axis={axis}"),
+            Op::Softmax { axis, .. } => format!("axis={axis}"),
             Op::LayerNorm { eps, .. } | Op::RmsNorm { eps, .. } => format!("eps={eps:e}"),
-            Op::Rope { theta, interleaved } => format!("theta={theta}, interleaved={interleaved}"),
-            Op::Attention { causal, scale } => match scale {
+            Op::Rope {
+                theta,
+                interleaved,
+                offset,
+                rotary_dim,
+                has_positions,
+                has_inv_freq,
+            } => {
+                let mut parts = vec![];
+                if !has_inv_freq {
+                    parts.push(format!("theta={theta}"));
+                }
+                parts.push(format!("interleaved={interleaved}"));
+                if !has_positions && *offset != 0 {
+                    parts.push(format!("offset={offset}"));
+                }
+                if let Some(d) = rotary_dim {
+                    parts.push(format!("rotary_dim={d}"));
+                }
+                parts.join(", ")
+            }
+            Op::Attention { causal, scale, .. } => match scale {
                 Some(s) => format!("causal={causal}, scale={s}"),
                 None => format!("causal={causal}"),
             },
             Op::Reshape { dims } => format_dims(dims),
             Op::Transpose { perm } => format!("perm={perm:?}"),
             Op::Concat { axis } => format!("axis={axis}"),
-            Op::Sum { axis, keepdims } | Op::Mean { axis, keepdims } => match axis {
+            Op::Slice {
+                axis,
+                start,
+                stop,
+                step,
+            } => {
+                let bound = |b: &Option<isize>| b.map_or(String::new(), |v| v.to_string());
+                let (start, stop) = (bound(start), bound(stop));
+                match step {
+                    1 => format!("axis={axis}, {start}:{stop}"),
+                    _ => format!("axis={axis}, {start}:{stop}:{step}"),
+                }
+            }
+            Op::Reduce { axis, keepdims, .. } => match axis {
                 Some(a) => format!("axis={a}, keepdims={keepdims}"),
                 None => format!("keepdims={keepdims}"),
             },
+            Op::MaskedFill { value } => format!("value={value}"),
+            Op::TopK {
+                k,
+                axis,
+                largest,
+                output,
+            } => format!("k={k}, axis={axis}, largest={largest}, output={output:?}").to_lowercase(),
             Op::Cast { dtype } => format!("dtype={dtype}"),
             _ => String::new(),
         }
