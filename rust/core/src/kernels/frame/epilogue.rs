@@ -2,6 +2,8 @@
 //! `C = act(C + bias) + residual`.
 
 use crate::kernels::frame::pack::MatRef;
+use crate::kernels::frame::rowwise;
+use crate::kernels::generic::elementwise::Unary;
 use crate::kernels::generic::math::{erf_f32, sigmoid_f32, tanh_f32};
 
 /// Activation fused into a GEMM epilogue.
@@ -66,20 +68,23 @@ pub fn apply_row(row: &mut [f32], i: usize, j0: usize, epi: &Epilogue<'_>) {
             *c += b;
         }
     }
-    match epi.activation.unwrap_or(Activation::None) {
-        Activation::None => {}
-        Activation::Relu => row
-            .iter_mut()
-            .for_each(|c| *c = activate(*c, Activation::Relu)),
-        Activation::Gelu => row
-            .iter_mut()
-            .for_each(|c| *c = activate(*c, Activation::Gelu)),
-        Activation::GeluTanh => row
-            .iter_mut()
-            .for_each(|c| *c = activate(*c, Activation::GeluTanh)),
-        Activation::Silu => row
-            .iter_mut()
-            .for_each(|c| *c = activate(*c, Activation::Silu)),
+    let unary = match epi.activation.unwrap_or(Activation::None) {
+        Activation::None => None,
+        Activation::Relu => Some(Unary::Relu),
+        Activation::Gelu => Some(Unary::Gelu),
+        Activation::GeluTanh => Some(Unary::GeluTanh),
+        Activation::Silu => Some(Unary::Silu),
+    };
+    if let Some(op) = unary {
+        // The SIMD unary kernels of the running tier (the scalar `activate` is
+        // several times slower for erf/tanh); they read a staged copy.
+        let isa = crate::kernels::isa();
+        let mut tmp = [0f32; 256];
+        for piece in row.chunks_mut(tmp.len()) {
+            let src = &mut tmp[..piece.len()];
+            src.copy_from_slice(piece);
+            rowwise::unary_f32(isa, op, src, piece);
+        }
     }
     if let Some(res) = epi.residual {
         for (j, c) in row.iter_mut().enumerate() {
