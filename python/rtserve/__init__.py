@@ -45,6 +45,8 @@ from ._core import (
 )
 from . import ops
 from .ops import *  # noqa: F403  (the eager ops; ops.__all__ lists them)
+from .models import EncoderModel, load
+from .tokenizer import Tokenizer
 from .weights import load_safetensors, save_safetensors
 
 __all__ = [
@@ -61,6 +63,8 @@ __all__ = [
     "ShapeError",
     "Tensor",
     "UnsupportedError",
+    "EncoderModel",
+    "Tokenizer",
     "Value",
     "WeightsError",
     "__version__",
@@ -71,6 +75,7 @@ __all__ = [
     "isa",
     "linear",
     "matmul",
+    "load",
     "load_safetensors",
     "num_threads",
     "peak_gflops",

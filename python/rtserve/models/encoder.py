@@ -1,0 +1,161 @@
+"""A loaded encoder: tokenizer + compiled graph + pooling, with ``embed`` for sentences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .._core import Compiled
+from ..tokenizer import Batch, Encoded, Tokenizer
+from .bert import BertConfig
+from .hf import SentenceConfig
+
+__all__ = ["EncoderModel"]
+
+
+class EncoderModel:
+    """A BERT-style encoder compiled for one device.
+
+    Example::
+
+        model = rt.load("minilm")
+        vecs = model.embed(["a sentence", "another one"])   # (2, 384) float32, unit norm
+    """
+
+    def __init__(
+        self,
+        *,
+        folder: Path,
+        config: BertConfig,
+        sentence: SentenceConfig,
+        tokenizer: Tokenizer,
+        compiled: Compiled,
+        dtype: str,
+        device: str,
+        has_token_types: bool,
+    ) -> None:
+        self.folder = folder
+        self.config = config
+        self.sentence = sentence
+        self.tokenizer = tokenizer
+        self.compiled = compiled
+        self.dtype = dtype
+        self.device = device
+        self._has_token_types = has_token_types
+        self._positions: np.ndarray = np.arange(config.max_position_embeddings, dtype=np.int64)
+
+    @property
+    def dim(self) -> int:
+        """Length of the embedding vectors."""
+        return self.config.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per text after truncation (sentence-transformers max_seq_length, else the positions)."""
+        limit = self.config.max_position_embeddings
+        return min(self.sentence.max_seq_length or limit, limit)
+
+    def __repr__(self) -> str:
+        return (
+            f"EncoderModel({str(self.folder)!r}, dim={self.dim}, layers={self.config.num_layers}, "
+            f"pooling={self.sentence.pooling.mode}, normalize={self.sentence.normalize}, "
+            f"dtype={self.dtype}, device={self.device!r})"
+        )
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> Batch:
+        """Token ids, attention mask and token types, right-padded (numpy int64 [n, seq])."""
+        return self.tokenizer.encode(texts, self._limit(max_length))
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        token_type_ids: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The last hidden state, float32 [batch, seq, hidden]."""
+        ids = _int64_2d("input_ids", input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else _int64_2d("attention_mask", attention_mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+        seq = ids.shape[1]
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {seq} tokens is longer than the model's "
+                f"max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": self._positions[:seq]}
+        if self._has_token_types:
+            types = np.zeros_like(ids) if token_type_ids is None else _int64_2d("token_type_ids", token_type_ids)
+            if types.shape != ids.shape:
+                raise ValueError(f"token_type_ids has shape {types.shape}, input_ids {ids.shape}")
+            inputs["token_type_ids"] = types
+        if ids.shape[0] == 0 or seq == 0:
+            return np.zeros((ids.shape[0], seq, self.dim), dtype=np.float32)
+        return self.compiled.run(inputs)["last_hidden_state"].numpy()
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        normalize: bool | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """One vector per text, float32 [n, dim].
+
+        Texts are truncated to ``max_length`` tokens (default: the model's), sorted by
+        length and run ``batch_size`` at a time so padding stays small; pooling follows
+        the model's sentence-transformers config, and ``normalize`` (default: whether
+        the model has a Normalize module) scales each vector to unit length.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        encoded = self.tokenizer.encode_each(texts, self._limit(max_length))
+        out = np.zeros((len(encoded), self.dim), dtype=np.float32)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._embed_batch([encoded[i] for i in rows])
+        if self.sentence.normalize if normalize is None else normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, 1e-12)
+        return out
+
+    def _embed_batch(self, items: list[Encoded]) -> np.ndarray:
+        batch = self.tokenizer.pad(items)
+        hidden = self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return pool(self.sentence.pooling.mode, hidden, batch.attention_mask)
+
+    def _limit(self, max_length: int | None) -> int:
+        if max_length is None:
+            return self.max_length
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+        return min(max_length, self.config.max_position_embeddings)
+
+
+def pool(mode: str, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """sentence-transformers pooling of ``hidden`` [n, seq, dim] under ``mask`` [n, seq]."""
+    m = mask.astype(np.float32)[:, :, None]
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "last":
+        last = np.maximum(mask.sum(axis=1) - 1, 0)
+        return hidden[np.arange(hidden.shape[0]), last]
+    if mode == "max":
+        return np.where(m > 0, hidden, np.float32(-1e9)).max(axis=1)
+    total = (hidden * m).sum(axis=1)
+    count = np.maximum(m.sum(axis=1), 1e-9)
+    if mode == "mean_sqrt_len":
+        return total / np.sqrt(count)
+    return total / count
+
+
+def _int64_2d(name: str, a: np.ndarray) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [batch, seq], got shape {arr.shape}")
+    if arr.dtype.kind not in "iub":
+        raise TypeError(f"{name} must hold integers, got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
