@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (RtserveError, OSError) as error:
+    except (RtserveError, OSError, _UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -86,13 +88,42 @@ def _build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="list the tensors of a safetensors file or model folder",
+        help="list the tensors of a model, or summarize a graph",
         description="List the tensors of a .safetensors file, a model.safetensors.index.json, "
-        "a Hugging Face model folder or a catalog model (pulled on first use).",
+        "a Hugging Face model folder or a catalog model (pulled on first use). "
+        "Given MODULE:FUNCTION (a module on sys.path or the current folder, or a .py file "
+        "path, e.g. tests/graph_models.py:bert_base), call FUNCTION() for an rt.Graph (compiled "
+        "here) or an rt.Compiled and print its summary: nodes after passes, FLOPs, memory plan.",
     )
-    inspect.add_argument("model", metavar="PATH_OR_NAME", help="file, folder or catalog name")
+    inspect.add_argument(
+        "model", metavar="PATH_OR_NAME", help="file, folder, catalog name or MODULE:FUNCTION"
+    )
     inspect.add_argument("-q", "--quiet", action="store_true", help="no pull progress output")
+    inspect.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="MODULE:FUNCTION only: compile the graph without its passes",
+    )
+    inspect.add_argument(
+        "--dims",
+        nargs="+",
+        metavar="SYMBOL=N",
+        default=[],
+        help="MODULE:FUNCTION only: also print the memory plan at these dims (batch=8 seq=128)",
+    )
     inspect.set_defaults(run=_cmd_inspect)
+
+    embed = commands.add_parser(
+        "embed",
+        help="embed texts with an encoder model (a quick check)",
+        description="Load an encoder (Hugging Face folder or catalog name, pulled on first use), "
+        "embed the texts and print the vectors' shape and first values.",
+    )
+    embed.add_argument("model", metavar="PATH_OR_NAME", help="model folder or catalog name")
+    embed.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed")
+    embed.add_argument("--dtype", default="f32", choices=["f32", "bf16", "auto"])
+    embed.add_argument("--device", default="cpu")
+    embed.set_defaults(run=_cmd_embed)
     return parser
 
 
@@ -109,6 +140,28 @@ def _progress_to_stderr(message: str) -> None:
     print(f"rtserve: {message}", file=sys.stderr, flush=True)
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from .models import load
+
+    start = time.perf_counter()
+    model = load(args.model, device=args.device, dtype=args.dtype)
+    loaded = time.perf_counter()
+    vectors = model.embed(args.texts)
+    done = time.perf_counter()
+    print(model)
+    print(f"embeddings: shape {vectors.shape}, dtype {vectors.dtype}")
+    with np.printoptions(precision=4, suppress=True):
+        for text, vec in zip(args.texts, vectors):
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            print(f"{shown!r}: {vec[:6]} ...")
+    print(f"load {1e3 * (loaded - start):.0f} ms, embed {1e3 * (done - loaded):.1f} ms")
+    return 0
+
+
 def _cmd_pull(args: argparse.Namespace) -> int:
     progress = None if args.quiet else _progress_to_stderr
     folder = catalog.pull(args.name, quiet=args.quiet, progress=progress)
@@ -119,6 +172,11 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from . import load_safetensors
 
+    target = _graph_target(args.model)
+    if target is not None:
+        return _inspect_graph(*target, optimize=not args.no_optimize, dims=args.dims)
+    if args.no_optimize or args.dims:
+        raise _UsageError("--no-optimize and --dims apply to MODULE:FUNCTION graphs only")
     progress = None if args.quiet else _progress_to_stderr
     path = catalog.resolve(args.model, quiet=args.quiet, progress=progress)
     weights_file = _weights_file(path)
@@ -138,6 +196,118 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     _print_totals(tensors)
     print(f"{'load time':<13}{load_ms:.2f} ms")
     return 0
+
+
+class _UsageError(Exception):
+    """A mistake on the command line the user can fix (printed as ``error: ...``)."""
+
+
+_GRAPH_TARGET = re.compile(r"(?P<module>.+):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def _graph_target(spec: str) -> tuple[str, str] | None:
+    """Split ``module:function`` or ``path/file.py:function``; None for paths and catalog names."""
+    match = _GRAPH_TARGET.fullmatch(spec)
+    if match is None or Path(spec).exists():
+        return None
+    module = match["module"]
+    if module.endswith(".py") or _MODULE_NAME.fullmatch(module):
+        return module, match["attr"]
+    return None
+
+
+def _load_graph_factory(module_spec: str, attr: str) -> Any:
+    """Import ``module_spec`` (a module name or a .py file) and return its ``attr``."""
+    if module_spec.endswith(".py"):
+        path = Path(module_spec)
+        if not path.is_file():
+            raise _UsageError(f"no such Python file: {module_spec}")
+        # Its folder goes on sys.path so that the file can import its neighbours.
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        name = path.stem
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise _UsageError(f"cannot import {module_spec}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look modules up here
+        try:
+            spec.loader.exec_module(module)
+        except ImportError as error:
+            raise _UsageError(f"cannot import {module_spec}: {error}") from error
+    else:
+        # Like uvicorn: modules in the current folder are found without installing them.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_spec)
+        except ImportError as error:
+            raise _UsageError(f"cannot import module '{module_spec}': {error}") from error
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise _UsageError(f"{module_spec} has no attribute '{attr}'")
+        target = getattr(target, part)
+    if not callable(target):
+        raise _UsageError(f"{module_spec}:{attr} is not callable")
+    return target
+
+
+def _inspect_graph(module_spec: str, attr: str, *, optimize: bool, dims: Sequence[str]) -> int:
+    from ._core import Compiled, Graph
+
+    sizes = _parse_dims(dims)
+    factory = _load_graph_factory(module_spec, attr)
+    started = time.perf_counter()
+    made = factory()
+    build_ms = (time.perf_counter() - started) * 1e3
+    compile_ms = None
+    if isinstance(made, Graph):
+        started = time.perf_counter()
+        compiled = made.compile() if optimize else made.compile(optimize=False)
+        compile_ms = (time.perf_counter() - started) * 1e3
+    elif isinstance(made, Compiled):
+        if not optimize:
+            raise _UsageError(
+                f"{module_spec}:{attr}() returned an rt.Compiled; --no-optimize needs an rt.Graph"
+            )
+        compiled = made
+    else:
+        raise _UsageError(
+            f"{module_spec}:{attr}() returned {type(made).__name__}, not an rt.Graph or rt.Compiled"
+        )
+
+    plan = compiled.memory_plan(**sizes) if sizes else None  # a bad symbol fails before output
+    print(f"{'graph':<13}{module_spec}:{attr}")
+    print(f"{'device':<13}{compiled.device}")
+    if compile_ms is not None:
+        print(f"{'passes':<13}{'on' if optimize else 'off (--no-optimize)'}")
+        print(f"{'build time':<13}{build_ms:.2f} ms")
+        print(f"{'compile time':<13}{compile_ms:.2f} ms")
+    print()
+    print(compiled.summary().rstrip("\n"))
+    if plan is not None:
+        at = ", ".join(f"{name}={value}" for name, value in sizes.items())
+        lower_bound = plan["lower_bound_bytes"]
+        ratio = plan["planned_bytes"] / lower_bound if lower_bound else float("nan")
+        print()
+        print(f"memory plan at {at}:")
+        for key in ("planned_bytes", "lower_bound_bytes", "naive_bytes"):
+            print(f"  {key:<23}{_human_bytes(plan[key]):>10} ({plan[key]:,} bytes)")
+        print(f"  {'planned / lower bound':<23}{ratio:>10.3f}")
+    return 0
+
+
+def _parse_dims(items: Sequence[str]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.isdigit():
+            raise _UsageError(f"--dims takes SYMBOL=N items (batch=8 seq=128), got '{item}'")
+        sizes[name] = int(value)
+    return sizes
 
 
 def _weights_file(path: Path) -> Path:
