@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 from statistics import median
-import platform
 import sys
 import time
 
@@ -40,6 +39,7 @@ if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")) and "
 import numpy as np  # noqa: E402  (after the environment is settled)
 
 import rtserve as rt  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benches/machine.py)
 
 try:
     import ml_dtypes
@@ -49,17 +49,6 @@ try:
     from threadpoolctl import threadpool_info, threadpool_limits
 except ImportError:  # pragma: no cover
     threadpool_info = threadpool_limits = None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def best_time(fn, min_time: float = 0.25, min_runs: int = 3) -> float:

@@ -191,3 +191,81 @@ def test_main_is_importable_and_callable(
             main(argv)
         assert exited.value.code == 0
         assert "catalog model" in capsys.readouterr().out
+
+
+# --- inspect MODULE:FUNCTION (a graph) -------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+GRAPH_FACTORIES = '''
+import rtserve as rt
+
+def exp_graph():
+    g = rt.Graph()
+    x = g.input("x", ("n", 4))
+    g.output("y", g.exp(g.add(x, 1.0)))
+    return g
+
+def compiled():
+    return exp_graph().compile()
+
+def not_a_graph():
+    return 42
+'''
+
+
+def summary_nodes(out: str) -> list[str]:
+    return re.findall(r"^%\d+ = (\w+)", out, re.M)
+
+
+def test_inspect_graph_file_prints_nodes_flops_and_plan() -> None:
+    optimized = run_cli("inspect", "tests/graph_models.py:bert_tiny", cwd=REPO)
+    assert optimized.returncode == 0, optimized.stderr
+    out = optimized.stdout
+    assert re.search(r"^graph\s+tests/graph_models\.py:bert_tiny$", out, re.M)
+    assert re.search(r"^passes\s+on$", out, re.M)
+    assert "flops=" in out
+    assert re.search(r"^memory plan at batch=1, seq=1: planned_bytes=\d+ lower_bound_bytes=\d+", out, re.M)
+    plain = run_cli("inspect", "tests/graph_models.py:bert_tiny", "--no-optimize", cwd=REPO)
+    assert plain.returncode == 0, plain.stderr
+    assert re.search(r"^passes\s+off \(--no-optimize\)$", plain.stdout, re.M)
+    # The summary shows the graph after its passes: the written-out attention is still
+    # there without them, and the optimized graph has fewer nodes.
+    unoptimized_ops = summary_nodes(plain.stdout)
+    assert "softmax" in unoptimized_ops and "transpose" in unoptimized_ops
+    assert 0 < len(summary_nodes(out)) < len(unoptimized_ops)
+
+
+def test_inspect_graph_module_from_the_current_folder_with_dims() -> None:
+    result = run_cli("inspect", "graph_models:llama_tiny", "--dims", "batch=8", "seq=128", cwd=REPO / "tests")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for op in ("embedding", "rms_norm", "rope", "attention", "linear"):
+        assert op in summary_nodes(out), op
+    assert re.search(r"^memory plan at batch=8, seq=128:$", out, re.M)
+    assert re.search(r"^  planned_bytes\s+.*\([\d,]+ bytes\)$", out, re.M)
+    assert re.search(r"^  planned / lower bound\s+\d\.\d{3}$", out, re.M)
+
+
+def test_inspect_graph_accepts_a_compiled_and_fails_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "factories.py").write_text(GRAPH_FACTORIES)
+    factories = str(tmp_path / "factories.py")
+    result = run_cli("inspect", f"{factories}:compiled")
+    assert result.returncode == 0, result.stderr
+    assert "exp" in summary_nodes(result.stdout)
+    assert re.search(r"^memory plan at n=1: planned_bytes=", result.stdout, re.M)
+    assert "not an rt.Graph" in assert_failure(run_cli("inspect", f"{factories}:not_a_graph"))
+    assert "--no-optimize needs an rt.Graph" in assert_failure(
+        run_cli("inspect", f"{factories}:compiled", "--no-optimize")
+    )
+    assert "has no attribute 'missing'" in assert_failure(run_cli("inspect", f"{factories}:missing"))
+    assert "no such Python file" in assert_failure(run_cli("inspect", f"{tmp_path}/nope.py:f"))
+    assert "cannot import module 'no_such_module'" in assert_failure(
+        run_cli("inspect", "no_such_module:f", cwd=tmp_path)
+    )
+    assert "SYMBOL=N" in assert_failure(run_cli("inspect", f"{factories}:exp_graph", "--dims", "n"))
+    assert "'m' is not a symbol" in assert_failure(run_cli("inspect", f"{factories}:exp_graph", "--dims", "m=3"))
+
+
+def assert_failure(result: subprocess.CompletedProcess[str]) -> str:
+    assert_clean_failure(result)
+    return result.stderr

@@ -244,7 +244,10 @@ def _load_graph_factory(module_spec: str, attr: str) -> Any:
         try:
             module = importlib.import_module(module_spec)
         except ImportError as error:
-            raise _UsageError(f"cannot import module '{module_spec}': {error}") from error
+            hint = ""
+            if isinstance(error, ModuleNotFoundError) and error.name == module_spec.split(".")[0]:
+                hint = " (run from its folder, add it to PYTHONPATH, or give a file: path/to/module.py:FUNCTION)"
+            raise _UsageError(f"cannot import module '{module_spec}': {error}{hint}") from error
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
