@@ -193,12 +193,26 @@ impl Tensor {
         let size = self.dtype.size();
         let src = self.storage.as_bytes();
         let dst = buf.as_mut_slice();
-        let mut out = 0usize;
-        for_each_offset(&self.layout, |off| {
-            let at = off * size;
-            dst[out..out + size].copy_from_slice(&src[at..at + size]);
-            out += size;
-        });
+        let (shape, strides) = (self.layout.shape(), self.layout.strides());
+        let last = shape.len().saturating_sub(1);
+        if !shape.is_empty() && strides[last] == 1 && shape[last] > 1 {
+            // Unit-stride rows: one memcpy per row of the last dimension.
+            let row = shape[last] * size;
+            let outer = Layout::new(shape[..last].to_vec(), strides[..last].to_vec(), self.layout.offset())?;
+            let mut out = 0usize;
+            for_each_offset(&outer, |off| {
+                let at = off * size;
+                dst[out..out + row].copy_from_slice(&src[at..at + row]);
+                out += row;
+            });
+        } else {
+            let mut out = 0usize;
+            for_each_offset(&self.layout, |off| {
+                let at = off * size;
+                dst[out..out + size].copy_from_slice(&src[at..at + size]);
+                out += size;
+            });
+        }
         Tensor::from_storage(Arc::new(buf.into_storage()), self.dtype, self.shape())
     }
 
