@@ -198,7 +198,11 @@ impl Tensor {
         if !shape.is_empty() && strides[last] == 1 && shape[last] > 1 {
             // Unit-stride rows: one memcpy per row of the last dimension.
             let row = shape[last] * size;
-            let outer = Layout::new(shape[..last].to_vec(), strides[..last].to_vec(), self.layout.offset())?;
+            let outer = Layout::new(
+                shape[..last].to_vec(),
+                strides[..last].to_vec(),
+                self.layout.offset(),
+            )?;
             let mut out = 0usize;
             for_each_offset(&outer, |off| {
                 let at = off * size;

@@ -265,7 +265,7 @@ pub(crate) mod testing {
     use crate::tensor::Tensor;
 
     /// Random values in [-1, 1) for every input of `graph` under `dims`
-    /// (integer inputs get ids in 0..`int_max`, bool inputs alternate).
+    /// (integer inputs get values in 0..4, bool inputs those cast to bool).
     pub fn random_inputs(
         graph: &Graph,
         dims: &[(&str, usize)],
@@ -315,8 +315,24 @@ pub(crate) mod testing {
     /// Asserts `before` and `after` give the same outputs on random inputs,
     /// within `tol` (absolute, plus `tol` relative to the value); 0 = bit-exact.
     pub fn assert_same_values(before: &Graph, after: &Graph, dims: &[(&str, usize)], tol: f32) {
+        assert_same_values_with(before, after, dims, tol, &[]);
+    }
+
+    /// [`assert_same_values`] with the inputs named in `fixed` given rather
+    /// than random (attention masks of 0s and 1s, ids in range).
+    pub fn assert_same_values_with(
+        before: &Graph,
+        after: &Graph,
+        dims: &[(&str, usize)],
+        tol: f32,
+        fixed: &[(&str, Tensor)],
+    ) {
         for seed in [1u64, 7] {
-            let inputs = random_inputs(before, dims, seed);
+            let mut inputs = random_inputs(before, dims, seed);
+            for (name, t) in fixed {
+                let slot = inputs.get_mut(*name);
+                *slot.unwrap_or_else(|| panic!("'{name}' is no input of the graph")) = t.clone();
+            }
             let (a, b) = (outputs(before, &inputs), outputs(after, &inputs));
             assert_eq!(a.len(), b.len());
             for (name, want) in &a {
