@@ -63,10 +63,9 @@ pub fn activate(x: f32, act: Activation) -> f32 {
 /// Applies the epilogue to `row` = C[i, j0 .. j0 + row.len()].
 #[inline(always)]
 pub fn apply_row(row: &mut [f32], i: usize, j0: usize, epi: &Epilogue<'_>) {
+    let isa = crate::kernels::isa();
     if let Some(bias) = epi.bias {
-        for (c, b) in row.iter_mut().zip(&bias[j0..]) {
-            *c += b;
-        }
+        rowwise::add_assign_f32(isa, row, &bias[j0..j0 + row.len()]);
     }
     let unary = match epi.activation.unwrap_or(Activation::None) {
         Activation::None => None,
@@ -78,7 +77,6 @@ pub fn apply_row(row: &mut [f32], i: usize, j0: usize, epi: &Epilogue<'_>) {
     if let Some(op) = unary {
         // The SIMD unary kernels of the running tier (the scalar `activate` is
         // several times slower for erf/tanh); they read a staged copy.
-        let isa = crate::kernels::isa();
         let mut tmp = [0f32; 256];
         for piece in row.chunks_mut(tmp.len()) {
             let src = &mut tmp[..piece.len()];
@@ -87,9 +85,21 @@ pub fn apply_row(row: &mut [f32], i: usize, j0: usize, epi: &Epilogue<'_>) {
         }
     }
     if let Some(res) = epi.residual {
-        for (j, c) in row.iter_mut().enumerate() {
-            // SAFETY: the residual view is M × N and (i, j0 + j) is inside C's bounds.
-            *c += unsafe { res.at(i, j0 + j) };
+        if res.cs == 1 {
+            // SAFETY: the residual view is M × N over valid memory and row i's columns
+            // j0 .. j0 + row.len() are inside it, contiguous (column stride 1).
+            let src = unsafe {
+                std::slice::from_raw_parts(
+                    res.ptr.offset(i as isize * res.rs + j0 as isize),
+                    row.len(),
+                )
+            };
+            rowwise::add_assign_f32(isa, row, src);
+        } else {
+            for (j, c) in row.iter_mut().enumerate() {
+                // SAFETY: the residual view is M × N and (i, j0 + j) is inside C's bounds.
+                *c += unsafe { res.at(i, j0 + j) };
+            }
         }
     }
 }
