@@ -200,9 +200,11 @@ fn packed_bf16<const M: usize, const NR: usize>(
                 let pair = &data[q * NR * 2..(q + 1) * NR * 2];
                 let mut b0 = [0f32; NR];
                 let mut b1 = [0f32; NR];
+                // bf16 -> f32 is the bits shifted into the high half (exact, NaN kept):
+                // plain integer ops, so the loop vectorizes (`to_f32` does not).
                 for l in 0..NR {
-                    b0[l] = bf16::from_bits(pair[2 * l]).to_f32();
-                    b1[l] = bf16::from_bits(pair[2 * l + 1]).to_f32();
+                    b0[l] = f32::from_bits(u32::from(pair[2 * l]) << 16);
+                    b1[l] = f32::from_bits(u32::from(pair[2 * l + 1]) << 16);
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let a0 = job.a[r * job.k + pc + 2 * q];
