@@ -2,8 +2,6 @@
 //! `C = act(C + bias) + residual`.
 
 use crate::kernels::frame::pack::MatRef;
-use crate::kernels::frame::rowwise;
-use crate::kernels::generic::elementwise::Unary;
 use crate::kernels::generic::math::{erf_f32, sigmoid_f32, tanh_f32};
 
 /// Activation fused into a GEMM epilogue.
@@ -60,45 +58,127 @@ pub fn activate(x: f32, act: Activation) -> f32 {
     }
 }
 
-/// Applies the epilogue to `row` = C[i, j0 .. j0 + row.len()].
-#[inline(always)]
+/// Applies the epilogue to `row` = C[i, j0 .. j0 + row.len()], on the
+/// running tier.
 pub fn apply_row(row: &mut [f32], i: usize, j0: usize, epi: &Epilogue<'_>) {
-    let isa = crate::kernels::isa();
-    if let Some(bias) = epi.bias {
-        rowwise::add_assign_f32(isa, row, &bias[j0..j0 + row.len()]);
+    let cols = row.len();
+    // SAFETY: `row` is one valid, exclusively borrowed row of `cols` elements.
+    unsafe { apply_tile(row.as_mut_ptr(), 0, i, 1, j0, cols, epi) }
+}
+
+/// Applies the epilogue to the tile C[i0 .. i0 + rows, j0 .. j0 + cols], with
+/// `c` pointing at C[i0, j0] and rows `ldc` apart: one dispatch per tile, the
+/// whole epilogue (bias, activation, residual) vectorized for the running tier.
+///
+/// # Safety
+/// The tile must be valid, writable memory owned by the caller for the call,
+/// and (i0 + rows, j0 + cols) inside the bias and residual views of `epi`.
+pub unsafe fn apply_tile(
+    c: *mut f32,
+    ldc: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    cols: usize,
+    epi: &Epilogue<'_>,
+) {
+    if epi.is_identity() {
+        return;
     }
-    let unary = match epi.activation.unwrap_or(Activation::None) {
-        Activation::None => None,
-        Activation::Relu => Some(Unary::Relu),
-        Activation::Gelu => Some(Unary::Gelu),
-        Activation::GeluTanh => Some(Unary::GeluTanh),
-        Activation::Silu => Some(Unary::Silu),
-    };
-    if let Some(op) = unary {
-        // The SIMD unary kernels of the running tier (the scalar `activate` is
-        // several times slower for erf/tanh); they read a staged copy.
-        let mut tmp = [0f32; 256];
-        for piece in row.chunks_mut(tmp.len()) {
-            let src = &mut tmp[..piece.len()];
-            src.copy_from_slice(piece);
-            rowwise::unary_f32(isa, op, src, piece);
+    crate::dispatch_isa!(crate::kernels::isa(),
+        // SAFETY: the caller's contract (valid tile, views in bounds).
+        generic => unsafe { tile_body(c, ldc, i0, rows, j0, cols, epi) },
+        // SAFETY: as above; this arm runs only on the Avx2 tier, which detection confirmed.
+        avx2 => unsafe { tile_avx2(c, ldc, i0, rows, j0, cols, epi) },
+        // SAFETY: as above; this arm runs only on the Avx512 tier, which detection confirmed.
+        avx512 => unsafe { tile_avx512(c, ldc, i0, rows, j0, cols, epi) },
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2(
+    c: *mut f32,
+    ldc: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    cols: usize,
+    epi: &Epilogue<'_>,
+) {
+    // SAFETY: forwarded from `apply_tile`.
+    unsafe { tile_body(c, ldc, i0, rows, j0, cols, epi) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn tile_avx512(
+    c: *mut f32,
+    ldc: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    cols: usize,
+    epi: &Epilogue<'_>,
+) {
+    // SAFETY: forwarded from `apply_tile`.
+    unsafe { tile_body(c, ldc, i0, rows, j0, cols, epi) }
+}
+
+#[inline(always)]
+unsafe fn tile_body(
+    c: *mut f32,
+    ldc: usize,
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    cols: usize,
+    epi: &Epilogue<'_>,
+) {
+    let act = epi.activation.unwrap_or(Activation::None);
+    for r in 0..rows {
+        let i = i0 + r;
+        // SAFETY: row r of the tile is valid and exclusively ours (caller's contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
+        if let Some(bias) = epi.bias {
+            for (v, &b) in row.iter_mut().zip(&bias[j0..j0 + cols]) {
+                *v += b;
+            }
         }
-    }
-    if let Some(res) = epi.residual {
-        if res.cs == 1 {
-            // SAFETY: the residual view is M × N over valid memory and row i's columns
-            // j0 .. j0 + row.len() are inside it, contiguous (column stride 1).
-            let src = unsafe {
-                std::slice::from_raw_parts(
-                    res.ptr.offset(i as isize * res.rs + j0 as isize),
-                    row.len(),
-                )
-            };
-            rowwise::add_assign_f32(isa, row, src);
-        } else {
-            for (j, c) in row.iter_mut().enumerate() {
-                // SAFETY: the residual view is M × N and (i, j0 + j) is inside C's bounds.
-                *c += unsafe { res.at(i, j0 + j) };
+        // One loop per activation, so each vectorizes with its math inlined.
+        match act {
+            Activation::None => {}
+            Activation::Relu => row
+                .iter_mut()
+                .for_each(|v| *v = activate(*v, Activation::Relu)),
+            Activation::Gelu => row
+                .iter_mut()
+                .for_each(|v| *v = activate(*v, Activation::Gelu)),
+            Activation::GeluTanh => row
+                .iter_mut()
+                .for_each(|v| *v = activate(*v, Activation::GeluTanh)),
+            Activation::Silu => row
+                .iter_mut()
+                .for_each(|v| *v = activate(*v, Activation::Silu)),
+        }
+        if let Some(res) = epi.residual {
+            if res.cs == 1 {
+                // SAFETY: the residual view is M × N over valid memory; row i's columns
+                // j0 .. j0 + cols are inside it and contiguous (column stride 1).
+                let src = unsafe {
+                    std::slice::from_raw_parts(
+                        res.ptr.offset(i as isize * res.rs + j0 as isize),
+                        cols,
+                    )
+                };
+                for (v, &x) in row.iter_mut().zip(src) {
+                    *v += x;
+                }
+            } else {
+                for (j, v) in row.iter_mut().enumerate() {
+                    // SAFETY: the residual view is M × N and (i, j0 + j) is inside it.
+                    *v += unsafe { res.at(i, j0 + j) };
+                }
             }
         }
     }

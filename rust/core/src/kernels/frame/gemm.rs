@@ -11,7 +11,7 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::kernels::dispatch::{cpu, isa, Isa};
-use crate::kernels::frame::epilogue::{apply_row, Epilogue};
+use crate::kernels::frame::epilogue::{apply_row, apply_tile, Epilogue};
 use crate::kernels::frame::gemv;
 use crate::kernels::frame::pack::{
     pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panels, MatRef,
@@ -523,14 +523,16 @@ fn macro_kernel(
                     unsafe {
                         tile.run(out, ic + i0, j0, mcur_r, ncur, pc > 0);
                         if last && !epi.is_identity() {
-                            for r in 0..mcur_r {
-                                let i = ic + i0 + r;
-                                let row = std::slice::from_raw_parts_mut(
-                                    out.base().add(i * out.ldc + j0),
-                                    ncur,
-                                );
-                                apply_row(row, i, j0, epi);
-                            }
+                            let i = ic + i0;
+                            apply_tile(
+                                out.base().add(i * out.ldc + j0),
+                                out.ldc,
+                                i,
+                                mcur_r,
+                                j0,
+                                ncur,
+                                epi,
+                            );
                         }
                     }
                 }

@@ -11,7 +11,7 @@ use half::bf16;
 
 use crate::error::{Error, Result};
 use crate::kernels::dispatch::{isa, Isa};
-use crate::kernels::frame::epilogue::{apply_row, Epilogue};
+use crate::kernels::frame::epilogue::{apply_tile, Epilogue};
 use crate::kernels::frame::gemm::{BSource, COut, KernelKind, PackedB};
 use crate::kernels::frame::pack::{MatRef, WeightElement};
 use crate::kernels::frame::threads::{num_threads, parallel_for};
@@ -421,13 +421,8 @@ pub(crate) fn gemv_with(
         run(isa, &job, form, u0, u1);
         if !epi.is_identity() {
             let (j0, j1) = (u0 * unit_cols, (u1 * unit_cols).min(n));
-            for i in 0..m {
-                // SAFETY: columns j0..j1 of row i belong to this task.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(job.out.ptr.add(i * ldc + j0), j1 - j0)
-                };
-                apply_row(row, i, j0, epi);
-            }
+            // SAFETY: columns j0..j1 of rows 0..m belong to this task.
+            unsafe { apply_tile(job.out.ptr.add(j0), ldc, 0, m, j0, j1 - j0, epi) };
         }
     });
     Ok(())

@@ -103,17 +103,6 @@ pub fn binary<T: BinaryScalar>(
     )
 }
 
-/// `out += x` (the shorter length) on the given tier.
-pub fn add_assign_f32(isa: Isa, out: &mut [f32], x: &[f32]) {
-    dispatch_isa!(isa,
-        generic => elementwise::add_assign_f32_body(out, x),
-        // SAFETY: this arm runs only on the Avx2 tier, which detection confirmed.
-        avx2 => unsafe { avx2_elementwise::avx2_add_assign_f32(out, x) },
-        // SAFETY: this arm runs only on the Avx512 tier, which detection confirmed.
-        avx512 => unsafe { avx512_elementwise::avx512_add_assign_f32(out, x) },
-    )
-}
-
 /// Sum of each of `out.len()` equal rows of `x`, in f64.
 pub fn sum_rows_f32(isa: Isa, x: &[f32], out: &mut [f64]) {
     dispatch_isa!(isa,

@@ -371,14 +371,6 @@ fn min_nan<T: BinaryScalar>(a: T, b: T) -> T {
     }
 }
 
-/// `out += x` elementwise (GEMM epilogues: bias rows, residual rows).
-#[inline(always)]
-pub fn add_assign_f32_body(out: &mut [f32], x: &[f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o += v;
-    }
-}
-
 /// `out[i] = op(a[i], b[i])` with scalar operands broadcast.
 #[inline(always)]
 pub fn binary_body<T: BinaryScalar>(op: Binary, a: Operand<T>, b: Operand<T>, out: &mut [T]) {

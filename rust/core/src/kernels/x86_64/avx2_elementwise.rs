@@ -2,7 +2,7 @@
 //! `generic::elementwise` compiled for 256-bit vectors.
 
 use crate::kernels::generic::elementwise::{
-    add_assign_f32_body, binary_body, unary_f32_body, Binary, BinaryScalar, Operand, Unary,
+    binary_body, unary_f32_body, Binary, BinaryScalar, Operand, Unary,
 };
 
 /// `out = op(x)` for f32.
@@ -26,13 +26,4 @@ pub unsafe fn avx2_binary<T: BinaryScalar>(
     out: &mut [T],
 ) {
     binary_body(op, a, b, out)
-}
-
-/// `out += x` for f32.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA (see `kernels::dispatch`).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn avx2_add_assign_f32(out: &mut [f32], x: &[f32]) {
-    add_assign_f32_body(out, x)
 }

@@ -2,7 +2,7 @@
 //! `generic::elementwise` compiled for 512-bit vectors.
 
 use crate::kernels::generic::elementwise::{
-    add_assign_f32_body, binary_body, unary_f32_body, Binary, BinaryScalar, Operand, Unary,
+    binary_body, unary_f32_body, Binary, BinaryScalar, Operand, Unary,
 };
 
 /// `out = op(x)` for f32.
@@ -26,13 +26,4 @@ pub unsafe fn avx512_binary<T: BinaryScalar>(
     out: &mut [T],
 ) {
     binary_body(op, a, b, out)
-}
-
-/// `out += x` for f32.
-///
-/// # Safety
-/// The CPU must support AVX-512 F/BW/DQ/VL and FMA (see `kernels::dispatch`).
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-pub unsafe fn avx512_add_assign_f32(out: &mut [f32], x: &[f32]) {
-    add_assign_f32_body(out, x)
 }
