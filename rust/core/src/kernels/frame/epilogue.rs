@@ -145,21 +145,30 @@ unsafe fn tile_body(
                 *v += b;
             }
         }
-        // One loop per activation, so each vectorizes with its math inlined.
+        // One plain loop per activation (no closures: a non-inlined `for_each` would be
+        // compiled without this tier's features), each vectorized with its math inlined.
         match act {
             Activation::None => {}
-            Activation::Relu => row
-                .iter_mut()
-                .for_each(|v| *v = activate(*v, Activation::Relu)),
-            Activation::Gelu => row
-                .iter_mut()
-                .for_each(|v| *v = activate(*v, Activation::Gelu)),
-            Activation::GeluTanh => row
-                .iter_mut()
-                .for_each(|v| *v = activate(*v, Activation::GeluTanh)),
-            Activation::Silu => row
-                .iter_mut()
-                .for_each(|v| *v = activate(*v, Activation::Silu)),
+            Activation::Relu => {
+                for v in row.iter_mut() {
+                    *v = activate(*v, Activation::Relu);
+                }
+            }
+            Activation::Gelu => {
+                for v in row.iter_mut() {
+                    *v = activate(*v, Activation::Gelu);
+                }
+            }
+            Activation::GeluTanh => {
+                for v in row.iter_mut() {
+                    *v = activate(*v, Activation::GeluTanh);
+                }
+            }
+            Activation::Silu => {
+                for v in row.iter_mut() {
+                    *v = activate(*v, Activation::Silu);
+                }
+            }
         }
         if let Some(res) = epi.residual {
             if res.cs == 1 {
