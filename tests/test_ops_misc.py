@@ -80,6 +80,26 @@ def test_where_and_masked_fill(isa):
         rt.masked_fill(scores, np.ones((3, 2, 6), bool), 0.0)
 
 
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    masks=st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=4, max_size=4),
+    flip=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_where_broadcasts_like_numpy(shape, masks, flip, seed):
+    """Each operand keeps or broadcasts (size 1) each dim; rows along the last dim take the
+    copy/fill fast paths when the condition is constant along them."""
+    r = np.random.default_rng(seed)
+    # masks[i][j]: whether operand j (cond, a, b) keeps dim i or broadcasts it.
+    cshape, ashape, bshape = ([d if masks[i][j] else 1 for i, d in enumerate(shape)] for j in range(3))
+    c = r.random(cshape) > 0.5
+    a = r.standard_normal(ashape).astype(np.float32)
+    b = r.standard_normal(bshape).astype(np.float32)
+    if flip:
+        a = a[..., ::-1]  # a negative stride along the last dim
+    np.testing.assert_array_equal(np.asarray(rt.where(c, a, b)), np.where(c, a, b))
+
+
 @pytest.mark.parametrize("n,k", [(1, 1), (7, 3), (33, 33), (257, 5), (17, 0)])
 def test_topk(n, k):
     x = np.random.default_rng(n).standard_normal((3, n)).astype(np.float32)

@@ -3,6 +3,7 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 use crate::shape::broadcast_shapes;
 use crate::tensor::Tensor;
 use crate::with_element_type;
@@ -71,10 +72,46 @@ fn select(op: &str, cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     with_element_type!(a.dtype(), T, {
         let (da, db) = (storage_elements::<T>(a)?, storage_elements::<T>(b)?);
         new_tensor::<T>(&shape, |out| {
-            let mut i = 0;
-            for_each_offsets([&lc, &la, &lb], |[oc, oa, ob]| {
-                out[i] = if c[oc].0 != 0 { da[oa] } else { db[ob] };
-                i += 1;
+            let Some(&n) = shape.last().filter(|&&n| n > 1) else {
+                let mut i = 0;
+                for_each_offsets([&lc, &la, &lb], |[oc, oa, ob]| {
+                    out[i] = if c[oc].0 != 0 { da[oa] } else { db[ob] };
+                    i += 1;
+                });
+                return Ok(());
+            };
+            // Row by row along the last dimension: a condition constant along the row
+            // (broadcast there) copies or fills the whole row from one side.
+            let last = shape.len() - 1;
+            let outer = |l: &Layout| {
+                Layout::new(shape[..last].to_vec(), l.strides()[..last].to_vec(), l.offset())
+            };
+            let (oc_l, oa_l, ob_l) = (outer(&lc)?, outer(&la)?, outer(&lb)?);
+            let (sc, sa, sb) = (lc.strides()[last], la.strides()[last], lb.strides()[last]);
+            let mut rows = out.chunks_exact_mut(n);
+            for_each_offsets([&oc_l, &oa_l, &ob_l], |[oc, oa, ob]| {
+                let Some(row) = rows.next() else { return };
+                if sc == 0 {
+                    let (d, o, st) = if c[oc].0 != 0 { (da, oa, sa) } else { (db, ob, sb) };
+                    match st {
+                        1 => row.copy_from_slice(&d[o..o + n]),
+                        0 => row.fill(d[o]),
+                        _ => {
+                            for (j, v) in row.iter_mut().enumerate() {
+                                *v = d[(o as isize + j as isize * st) as usize];
+                            }
+                        }
+                    }
+                } else {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let j = j as isize;
+                        *v = if c[(oc as isize + j * sc) as usize].0 != 0 {
+                            da[(oa as isize + j * sa) as usize]
+                        } else {
+                            db[(ob as isize + j * sb) as usize]
+                        };
+                    }
+                }
             });
             Ok(())
         })
