@@ -45,7 +45,7 @@ from ._core import (
 )
 from . import ops
 from .ops import *  # noqa: F403  (the eager ops; ops.__all__ lists them)
-from .models import EncoderModel, load
+from .models import DecoderModel, EncoderModel, Generation, load
 from .tokenizer import Tokenizer
 from .weights import load_safetensors, save_safetensors
 
@@ -63,7 +63,9 @@ __all__ = [
     "ShapeError",
     "Tensor",
     "UnsupportedError",
+    "DecoderModel",
     "EncoderModel",
+    "Generation",
     "Tokenizer",
     "Value",
     "WeightsError",

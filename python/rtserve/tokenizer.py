@@ -113,6 +113,26 @@ class Tokenizer:
         """The number of tokens of each text (special tokens included), after truncation."""
         return [len(e.ids) for e in self.encode_each(texts, max_length)]
 
+    def encode_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """One text's token ids, untruncated; ``add_special_tokens`` as in transformers (a BOS, say)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return list(self._inner.encode(text, add_special_tokens=add_special_tokens).ids)  # type: ignore[attr-defined]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``; bytes of an incomplete UTF-8 character decode to U+FFFD."""
+        return str(self._inner.decode(list(ids), skip_special_tokens=skip_special_tokens))  # type: ignore[attr-defined]
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a token of the vocabulary (added tokens included), or None."""
+        found = self._inner.token_to_id(token)  # type: ignore[attr-defined]
+        return None if found is None else int(found)
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens in the vocabulary, added tokens included."""
+        return int(self._inner.get_vocab_size(with_added_tokens=True))  # type: ignore[attr-defined]
+
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
