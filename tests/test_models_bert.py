@@ -259,3 +259,13 @@ def test_embed_cli_prints_shape_and_values():
     )
     assert proc.returncode == 0, proc.stderr
     assert "(2, 72)" in proc.stdout, proc.stdout
+
+
+def test_embed_cli_refuses_a_decoder():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtserve", "embed", str(FIXTURES / "tiny_llama_mqa"), "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "needs an encoder model" in proc.stderr, proc.stderr

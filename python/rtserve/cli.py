@@ -149,6 +149,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     model = load(args.model, device=args.device, dtype=args.dtype)
+    if not hasattr(model, "embed"):
+        raise _UsageError(f"{args.model}: embed needs an encoder model; this is {type(model).__name__}")
     loaded = time.perf_counter()
     vectors = model.embed(args.texts)
     done = time.perf_counter()
