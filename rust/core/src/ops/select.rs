@@ -84,7 +84,11 @@ fn select(op: &str, cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             // (broadcast there) copies or fills the whole row from one side.
             let last = shape.len() - 1;
             let outer = |l: &Layout| {
-                Layout::new(shape[..last].to_vec(), l.strides()[..last].to_vec(), l.offset())
+                Layout::new(
+                    shape[..last].to_vec(),
+                    l.strides()[..last].to_vec(),
+                    l.offset(),
+                )
             };
             let (oc_l, oa_l, ob_l) = (outer(&lc)?, outer(&la)?, outer(&lb)?);
             let (sc, sa, sb) = (lc.strides()[last], la.strides()[last], lb.strides()[last]);
@@ -92,7 +96,11 @@ fn select(op: &str, cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             for_each_offsets([&oc_l, &oa_l, &ob_l], |[oc, oa, ob]| {
                 let Some(row) = rows.next() else { return };
                 if sc == 0 {
-                    let (d, o, st) = if c[oc].0 != 0 { (da, oa, sa) } else { (db, ob, sb) };
+                    let (d, o, st) = if c[oc].0 != 0 {
+                        (da, oa, sa)
+                    } else {
+                        (db, ob, sb)
+                    };
                     match st {
                         1 => row.copy_from_slice(&d[o..o + n]),
                         0 => row.fill(d[o]),
