@@ -66,11 +66,57 @@ def test_version() -> None:
     assert result.stdout == f"rtserve {expected}\n"
 
 
-def test_no_command_prints_usage() -> None:
-    result = run_cli()
-    assert result.returncode == 2
-    assert "usage: rtserve" in result.stderr
-    assert "inspect" in result.stderr and "pull" in result.stderr
+def test_help_lists_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: rtserve" in result.stdout
+    for command in ("serve", "inspect", "pull", "embed"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], ["serve"]),
+        (["--port", "9000"], ["serve", "--port", "9000"]),
+        (["path/to/model"], ["serve", "path/to/model"]),
+        (["serve", "x"], ["serve", "x"]),
+        (["pull", "minilm"], ["pull", "minilm"]),
+        (["--version"], ["--version"]),
+        (["-h"], ["-h"]),
+    ],
+)
+def test_serve_is_the_default_command(argv: list[str], expected: list[str]) -> None:
+    from rtserve.cli import _build_parser, _default_to_serve
+
+    assert _default_to_serve(_build_parser(), argv) == expected
+
+
+def test_serve_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rtserve.cli import _build_parser
+
+    monkeypatch.delenv("RTSERVE_API_KEY", raising=False)
+    args = _build_parser().parse_args(["serve"])
+    assert (args.models, args.host, args.port, args.device, args.api_key) == ([], "127.0.0.1", 8000, "cpu", None)
+    assert args.max_request_bytes == 1 << 20
+    monkeypatch.setenv("RTSERVE_API_KEY", "from-env")
+    assert _build_parser().parse_args(["serve"]).api_key == "from-env"
+    assert _build_parser().parse_args(["serve", "--api-key", "flag"]).api_key == "flag"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["serve", "no-such-model-or-folder"], ["a=no/such/folder", "--port", "0"], ["--port", "0", "--max-request-bytes", "0"]],
+)
+def test_serve_bad_arguments_fail_cleanly(argv: list[str]) -> None:
+    assert_clean_failure(run_cli(*argv))
+
+
+def test_serve_duplicate_names_fail_cleanly() -> None:
+    bert = str(Path(__file__).resolve().parent / "fixtures" / "tiny_bert")
+    result = run_cli("serve", bert, bert, "--port", "0")
+    assert_clean_failure(result)
+    assert "NAME=PATH" in result.stderr
 
 
 def test_inspect_minilm_folder(minilm_dir: Path) -> None:

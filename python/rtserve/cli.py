@@ -1,7 +1,8 @@
 """Command-line interface: ``python -m rtserve`` / ``rtserve``.
 
 Each subcommand is one ``_cmd_<name>(args) -> int`` function registered in ``_build_parser``;
-``serve``, ``embed`` and ``bench`` will join ``pull`` and ``inspect`` there. Errors the user can
+``serve`` (the default: ``rtserve`` alone serves the demo model), ``pull``, ``inspect`` and
+``embed``; ``bench`` will join them. Errors the user can
 fix (bad path, unknown model, network, corrupt weights) print ``error: ...`` on stderr and exit
 with status 1, without a traceback.
 """
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import catalog
+from . import catalog, config
 from ._core import RtserveError, WeightsError
 
 __all__ = ["main"]
@@ -44,13 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example: ``rtserve.cli.main(["inspect", "minilm"])``
     """
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_default_to_serve(parser, sys.argv[1:] if argv is None else list(argv)))
     if args.version:
         print(f"rtserve {_version()}")
         return 0
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
     try:
         status: int = args.run(args)
     except BrokenPipeError:
@@ -124,7 +122,49 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dtype", default="f32", choices=["f32", "bf16", "auto"])
     embed.add_argument("--device", default="cpu")
     embed.set_defaults(run=_cmd_embed)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over HTTP (OpenAI and KServe v2 APIs); the default command",
+        description="Serve models over HTTP: OpenAI /v1/models, /v1/embeddings, /v1/completions, "
+        "/v1/chat/completions and KServe v2 /v2/... . With no model, serves the demo model minilm "
+        "(pulled on first use). `rtserve` with no command, or with a model or an option first, "
+        "runs serve.",
+    )
+    serve.add_argument(
+        "models",
+        nargs="*",
+        metavar="[NAME=]MODEL",
+        help="Hugging Face folder or catalog name, served as NAME (default: the folder's name)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--dtype", default="f32", choices=["f32", "bf16", "auto"])
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get(config.ENV_API_KEY) or None,
+        help="require 'Authorization: Bearer KEY' (default: $RTSERVE_API_KEY; none: no check)",
+    )
+    serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest request body accepted, in bytes (default 1 MiB; larger gets 413)",
+    )
+    serve.set_defaults(run=_cmd_serve)
     return parser
+
+
+def _default_to_serve(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``rtserve`` alone, or followed by a model or a serve option, means ``rtserve serve ...``."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if not argv:
+        return ["serve"]
+    first = argv[0]
+    if first in commands or first in ("-h", "--help", "--version"):
+        return argv
+    return ["serve", *argv]
 
 
 def _version() -> str:
@@ -162,6 +202,67 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             print(f"{shown!r}: {vec[:6]} ...")
     print(f"load {1e3 * (loaded - start):.0f} ms, embed {1e3 * (done - loaded):.1f} ms")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from .server import ModelRegistry, create_app
+
+    if args.max_request_bytes < 1:
+        raise _UsageError("--max-request-bytes must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise _UsageError(f"--port must be in 0..65535, got {args.port}")
+    try:
+        registry = ModelRegistry.from_specs(args.models or ["minilm"], device=args.device, dtype=args.dtype)
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+    for entry in registry:
+        started = time.perf_counter()
+        # Resolve here, not in rt.load, so a first-use pull shows its progress.
+        entry.source = str(catalog.resolve(entry.source, progress=_progress_to_stderr))
+        entry.load_now()
+        _progress_to_stderr(f"loaded {entry.name} in {time.perf_counter() - started:.1f} s: {entry.model!r}")
+    app = create_app(registry, api_key=args.api_key, max_request_bytes=args.max_request_bytes)
+    if not args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        _progress_to_stderr(f"warning: listening on {args.host} with no API key; anyone who can reach it can use it")
+
+    # Bind before printing the ready line, so the URL holds the real port (--port 0) and a
+    # client that reads the line can connect at once (the kernel queues it until uvicorn accepts).
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(2048)
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    url = f"http://{host}:{port}"
+    print(f"rtserve: serving {', '.join(registry.names())} on {url} (try: {_example_curl(url, registry, args.api_key)})", flush=True)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped, not an error
+        pass
+    _progress_to_stderr("stopped")
+    return 0
+
+
+def _example_curl(url: str, registry: Any, api_key: str | None) -> str:
+    auth = " -H 'Authorization: Bearer $RTSERVE_API_KEY'" if api_key else ""
+    first = next(iter(registry))
+    from .models import DecoderModel
+
+    if isinstance(first.model, DecoderModel):
+        body = json.dumps({"model": first.name, "messages": [{"role": "user", "content": "hello"}]})
+        path = "/v1/chat/completions"
+    else:
+        body = json.dumps({"model": first.name, "input": "hello"})
+        path = "/v1/embeddings"
+    return f"curl {url}{path} -H 'Content-Type: application/json'{auth} -d '{body}'"
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:

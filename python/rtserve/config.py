@@ -11,6 +11,8 @@ RTSERVE_NUM_THREADS   physical cores      Size of the runtime's thread pool (rea
                                           Rust core).
 RTSERVE_ISA           best the CPU has    Force a kernel family: generic, avx2 or avx512
                                           (for tests and benches; read by the Rust core).
+RTSERVE_API_KEY       (none)              ``rtserve serve``: require ``Authorization: Bearer
+                                          <key>`` (``--api-key`` wins).
 ====================  ==================  ===================================================
 """
 
@@ -20,6 +22,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "ENV_API_KEY",
     "ENV_HOME",
     "ENV_ISA",
     "ENV_NUM_THREADS",
@@ -30,6 +33,7 @@ __all__ = [
 ENV_HOME = "RTSERVE_HOME"
 ENV_NUM_THREADS = "RTSERVE_NUM_THREADS"
 ENV_ISA = "RTSERVE_ISA"
+ENV_API_KEY = "RTSERVE_API_KEY"
 
 
 def home() -> Path:

@@ -1,0 +1,406 @@
+"""The HTTP server end to end: a real `python -m rtserve serve` subprocess on 127.0.0.1,
+driven by the official clients (openai, tritonclient) and raw httpx requests.
+
+References are the same models loaded in this process (rt.load), so the server must return
+exactly what the library computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import rtserve as rt
+from conftest import run_in_threads
+
+openai = pytest.importorskip("openai")
+triton = pytest.importorskip("tritonclient.http")
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+BERT = FIXTURES / "tiny_bert"
+LLAMA = FIXTURES / "tiny_llama_gqa_tied"
+API_KEY = "test-key-123"
+MAX_REQUEST_BYTES = 64 * 1024
+AUTH = {"Authorization": f"Bearer {API_KEY}"}  # tritonclient writes into headers: pass dict(AUTH)
+READY_TIMEOUT_S = 60.0
+
+
+@contextlib.contextmanager
+def running_server(*args: str) -> Iterator[str]:
+    """Runs ``python -m rtserve ARGS``; yields its ready line once printed; kills it after."""
+    command = [sys.executable, "-m", "rtserve", *args]
+    env = {k: v for k, v in os.environ.items() if k != "RTSERVE_API_KEY"}
+    # stderr goes to a file: a pipe nobody reads could fill up and stall the server.
+    errors = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        try:
+            line = lines.get(timeout=READY_TIMEOUT_S)
+        except queue.Empty:
+            line = None
+        if line is None:
+            process.kill()
+            process.wait(timeout=10)
+            errors.seek(0)
+            pytest.fail(f"the server printed no ready line; stderr:\n{errors.read()}")
+        yield line
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+        errors.close()
+
+
+@pytest.fixture(scope="module")
+def server(minilm_dir: Path) -> Iterator[str]:
+    """The server's base URL: three models, an API key and a small request limit."""
+    args = [
+        "serve", f"bert={BERT}", f"llama={LLAMA}", f"minilm={minilm_dir}",
+        "--port", "0", "--api-key", API_KEY, "--max-request-bytes", str(MAX_REQUEST_BYTES),
+    ]  # fmt: skip
+    with running_server(*args) as line:
+        match = re.match(r"rtserve: serving (.+) on (http://127\.0\.0\.1:\d+) \(try: curl ", line)
+        assert match, line
+        assert match[1] == "bert, llama, minilm"
+        yield match[2]
+
+
+def test_no_arguments_serve_minilm(minilm_dir: Path) -> None:
+    # `python -m rtserve` alone serves the demo model (on port 8000; here 0, a free one).
+    with running_server("--port", "0") as line:
+        url = re.match(r"rtserve: serving minilm on (http://127\.0\.0\.1:\d+) ", line)[1]  # type: ignore[index]
+        body = '{"model": "minilm", "input": "hello"}'
+        assert line.rstrip("\n") == (
+            f"rtserve: serving minilm on {url} (try: curl {url}/v1/embeddings "
+            f"-H 'Content-Type: application/json' -d '{body}')"
+        )
+        response = httpx.post(f"{url}/v1/embeddings", content=body)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["data"][0]["embedding"]) == 384
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def bert() -> rt.models.EncoderModel:
+    return rt.load(BERT)
+
+
+@pytest.fixture(scope="module")
+def llama() -> rt.models.DecoderModel:
+    return rt.load(LLAMA)
+
+
+# --- OpenAI: models and embeddings ---------------------------------------------------------
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["bert", "llama", "minilm"]
+    assert client.models.retrieve("llama").id == "llama"
+
+
+def test_embeddings_default_base64(client: openai.OpenAI, bert: rt.models.EncoderModel) -> None:
+    # The official client asks for base64 by default and decodes it to floats.
+    response = client.embeddings.create(model="bert", input="hello world")
+    got = np.asarray(response.data[0].embedding, dtype=np.float32)
+    np.testing.assert_allclose(got, bert.embed(["hello world"])[0], rtol=1e-6, atol=1e-6)
+    assert response.model == "bert"
+    count = bert.tokenizer.count(["hello world"])[0]
+    assert response.usage.prompt_tokens == response.usage.total_tokens == count
+
+
+def test_embeddings_float_list_input(client: openai.OpenAI, bert: rt.models.EncoderModel) -> None:
+    texts = ["the cat sat", "a much longer sentence about dogs and their owners", "x"]
+    response = client.embeddings.create(model="bert", input=texts, encoding_format="float")
+    got = np.asarray([d.embedding for d in response.data], dtype=np.float32)
+    assert [d.index for d in response.data] == [0, 1, 2]
+    np.testing.assert_allclose(got, bert.embed(texts), rtol=1e-6, atol=1e-6)
+    assert response.usage.prompt_tokens == sum(bert.tokenizer.count(texts))
+
+
+@pytest.mark.parametrize("encoding_format", ["float", "base64"])
+def test_embeddings_dimensions(client: openai.OpenAI, bert: rt.models.EncoderModel, encoding_format: str) -> None:
+    response = client.embeddings.create(model="bert", input=["hello", "world"], dimensions=16, encoding_format=encoding_format)
+    if encoding_format == "float":
+        got = np.asarray([d.embedding for d in response.data], dtype=np.float32)
+    else:
+        import base64
+
+        got = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in response.data])
+    full = bert.embed(["hello", "world"])[:, :16]
+    np.testing.assert_allclose(got, full / np.linalg.norm(full, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_embeddings_token_ids(client: openai.OpenAI, bert: rt.models.EncoderModel) -> None:
+    texts = ["hello world", "the cat"]
+    rows = [bert.tokenizer.encode_ids(t) for t in texts]
+    single = client.embeddings.create(model="bert", input=rows[0], encoding_format="float")
+    several = client.embeddings.create(model="bert", input=rows, encoding_format="float")
+    expected = bert.embed(texts)
+    np.testing.assert_allclose(single.data[0].embedding, expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([d.embedding for d in several.data], expected, rtol=1e-5, atol=1e-6)
+    assert several.usage.prompt_tokens == sum(len(r) for r in rows)
+
+
+def test_embeddings_minilm_matches_in_process(client: openai.OpenAI, minilm_dir: Path) -> None:
+    texts = ["A man is eating food.", "The new movie is awesome"]
+    response = client.embeddings.create(model="minilm", input=texts)
+    got = np.asarray([d.embedding for d in response.data], dtype=np.float32)
+    np.testing.assert_allclose(got, rt.load(minilm_dir).embed(texts), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+
+
+# --- OpenAI: completions and chat ----------------------------------------------------------
+
+
+def test_completion(client: openai.OpenAI, llama: rt.models.DecoderModel) -> None:
+    response = client.completions.create(model="llama", prompt="hello", max_tokens=8, temperature=0)
+    expected = llama.generate("hello", max_tokens=8, temperature=0)
+    assert response.choices[0].text == expected.text
+    assert response.choices[0].finish_reason == expected.finish_reason
+    assert response.usage.prompt_tokens == len(expected.prompt_token_ids)
+    assert response.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_completion_stream(client: openai.OpenAI, llama: rt.models.DecoderModel) -> None:
+    chunks = list(client.completions.create(model="llama", prompt="hello", max_tokens=8, temperature=0, stream=True))
+    expected = llama.generate("hello", max_tokens=8, temperature=0)
+    assert "".join(c.choices[0].text for c in chunks) == expected.text
+    assert chunks[-1].choices[0].finish_reason == expected.finish_reason
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_completion_batch_of_prompts_and_stop(client: openai.OpenAI, llama: rt.models.DecoderModel) -> None:
+    prompts = ["hello", "the cat"]
+    response = client.completions.create(model="llama", prompt=prompts, max_tokens=6, temperature=0)
+    for choice, prompt in zip(response.choices, prompts):
+        assert choice.text == llama.generate(prompt, max_tokens=6, temperature=0).text
+    full = llama.generate("hello", max_tokens=8, temperature=0).text
+    stop = full[2:4]
+    stopped = client.completions.create(model="llama", prompt="hello", max_tokens=8, temperature=0, stop=[stop])
+    assert stopped.choices[0].text == llama.generate("hello", max_tokens=8, temperature=0, stop=[stop]).text
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+MESSAGES = [{"role": "user", "content": "Hi there"}]
+
+
+def test_chat(client: openai.OpenAI, llama: rt.models.DecoderModel) -> None:
+    response = client.chat.completions.create(model="llama", messages=MESSAGES, max_tokens=8, temperature=0)
+    expected = llama.chat(MESSAGES, max_tokens=8, temperature=0)
+    assert response.object == "chat.completion"
+    assert response.choices[0].message.role == "assistant"
+    assert response.choices[0].message.content == expected.text
+    assert response.choices[0].finish_reason == expected.finish_reason
+    assert response.usage.total_tokens == len(expected.prompt_token_ids) + len(expected.token_ids)
+
+
+def test_chat_stream_with_usage(client: openai.OpenAI, llama: rt.models.DecoderModel) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="llama", messages=MESSAGES, max_tokens=8, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    expected = llama.chat(MESSAGES, max_tokens=8, temperature=0)
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in with_choices) == expected.text
+    assert with_choices[-1].choices[0].finish_reason == expected.finish_reason
+    assert chunks[-1].usage.completion_tokens == len(expected.token_ids)
+
+
+def test_stream_ends_with_done(server: str) -> None:
+    body = {"model": "llama", "prompt": "hi", "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, headers=AUTH, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in events)
+
+
+# --- KServe v2 with tritonclient -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def triton_client(server: str):  # type: ignore[no-untyped-def]
+    client = triton.InferenceServerClient(server.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+def test_kserve_health_and_metadata(triton_client, bert: rt.models.EncoderModel) -> None:  # type: ignore[no-untyped-def]
+    assert triton_client.is_server_live()
+    assert triton_client.is_server_ready()
+    assert triton_client.is_model_ready("bert", headers=dict(AUTH))
+    metadata = triton_client.get_model_metadata("bert", headers=dict(AUTH))
+    assert metadata["name"] == "bert"
+    assert metadata["inputs"][0]["datatype"] == "BYTES"
+    assert metadata["outputs"][0] == {"name": "embedding", "datatype": "FP32", "shape": [-1, bert.dim]}
+    assert triton_client.get_server_metadata(headers=dict(AUTH))["name"] == "rtserve"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_kserve_infer(triton_client, bert: rt.models.EncoderModel, binary: bool) -> None:  # type: ignore[no-untyped-def]
+    texts = ["hello world", "the cat sat"]
+    tensor = triton.InferInput("text", [2], "BYTES")
+    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object), binary_data=binary)
+    outputs = [triton.InferRequestedOutput("embedding", binary_data=binary)]
+    result = triton_client.infer("bert", [tensor], outputs=outputs, headers=dict(AUTH))
+    np.testing.assert_allclose(result.as_numpy("embedding"), bert.embed(texts), rtol=1e-6, atol=1e-6)
+    default = triton_client.infer("bert", [tensor], headers=dict(AUTH))  # binary output by default
+    np.testing.assert_allclose(default.as_numpy("embedding"), bert.embed(texts), rtol=1e-6, atol=1e-6)
+
+
+def test_kserve_errors(server: str) -> None:
+    missing = httpx.get(f"{server}/v2/models/nope", headers=AUTH)
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+    bad = httpx.post(f"{server}/v2/models/bert/infer", json={"inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, headers=AUTH)
+    assert bad.status_code == 400 and "BYTES" in bad.json()["error"]
+    assert httpx.get(f"{server}/v2/models/bert/ready").status_code == 401
+
+
+# --- limits and errors ---------------------------------------------------------------------
+
+
+def _openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def test_api_key_required(server: str) -> None:
+    body = {"model": "bert", "input": "hi"}
+    error = _openai_error(httpx.post(f"{server}/v1/embeddings", json=body), 401)
+    assert error["type"] == "authentication_error"
+    wrong = {"Authorization": "Bearer nope"}
+    _openai_error(httpx.post(f"{server}/v1/embeddings", json=body, headers=wrong), 401)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(f"{server}/v2/health/live").status_code == 200  # probes need no key
+
+
+def test_request_too_large(server: str) -> None:
+    body = {"model": "bert", "input": "word " * MAX_REQUEST_BYTES}
+    error = _openai_error(httpx.post(f"{server}/v1/embeddings", json=body, headers=AUTH), 413)
+    assert str(MAX_REQUEST_BYTES) in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "words"),
+    [
+        ("/v1/embeddings", '{"model": "bert", "input": ', None, "not valid JSON"),
+        ("/v1/embeddings", "[1, 2]", None, "JSON object"),
+        ("/v1/embeddings", {"model": "bert", "input": 5}, "input", "'input' must be"),
+        ("/v1/embeddings", {"model": "bert", "input": []}, "input", "'input' must be"),
+        ("/v1/embeddings", {"model": "bert", "input": "x", "encoding_format": "int8"}, "encoding_format", "float"),
+        ("/v1/embeddings", {"model": "bert", "input": "x", "dimensions": 10_000}, "dimensions", "from 1 to"),
+        ("/v1/embeddings", {"input": "x"}, "model", "'model' is required"),
+        ("/v1/embeddings", {"model": "llama", "input": "x"}, "model", "encoder"),
+        ("/v1/completions", {"model": "llama", "prompt": "x", "temperature": "hot"}, "temperature", "number"),
+        ("/v1/completions", {"model": "llama", "prompt": 3}, "prompt", "'prompt' must be"),
+        ("/v1/completions", {"model": "llama", "prompt": "x", "n": 2}, "n", "not supported"),
+        ("/v1/completions", {"model": "bert", "prompt": "x"}, "model", "decoder"),
+        ("/v1/chat/completions", {"model": "llama", "messages": "hi"}, "messages", "list"),
+    ],
+)
+def test_bad_requests(server: str, path: str, body: object, param: str | None, words: str) -> None:
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(f"{server}{path}", content=content, headers={**AUTH, "Content-Type": "application/json"})
+    error = _openai_error(response, 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert words in error["message"]
+
+
+def test_unknown_model(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.embeddings.create(model="nope", input="hi")
+    assert "nope" in str(raised.value)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=MESSAGES)
+
+
+def test_unknown_route_and_method_use_the_api_error_shape(server: str) -> None:
+    error = _openai_error(httpx.get(f"{server}/v1/nothing-here", headers=AUTH), 404)
+    assert "/v1/nothing-here" in error["message"]
+    _openai_error(httpx.get(f"{server}/v1/embeddings", headers=AUTH), 405)
+    assert "error" in httpx.get(f"{server}/v2/nothing", headers=AUTH).json()
+
+
+# --- concurrency, disconnects, lazy loading --------------------------------------------------
+
+
+def test_concurrent_requests(server: str, bert: rt.models.EncoderModel, llama: rt.models.DecoderModel) -> None:
+    # Requests from several threads interleave on the event loop; each model runs one at a
+    # time under its lock, and every answer is the one the library gives.
+    expected_vector = bert.embed(["hello world"])[0]
+    expected_text = llama.generate("hello", max_tokens=6, temperature=0).text
+
+    def worker(i: int) -> list[str]:
+        problems = []
+        for _ in range(3):
+            body = {"model": "bert", "input": "hello world", "encoding_format": "float"}
+            got = httpx.post(f"{server}/v1/embeddings", json=body, headers=AUTH, timeout=30).json()
+            if not np.allclose(got["data"][0]["embedding"], expected_vector, atol=1e-6):
+                problems.append(f"thread {i}: wrong embedding")
+            body = {"model": "llama", "prompt": "hello", "max_tokens": 6, "temperature": 0}
+            got = httpx.post(f"{server}/v1/completions", json=body, headers=AUTH, timeout=30).json()
+            if got["choices"][0]["text"] != expected_text:
+                problems.append(f"thread {i}: wrong completion {got!r}")
+        return problems
+
+    assert run_in_threads(worker, count=4, timeout=60) == []
+
+
+def test_stream_disconnect_frees_the_model(server: str, llama: rt.models.DecoderModel) -> None:
+    body = {"model": "llama", "prompt": "hello", "max_tokens": 100, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, headers=AUTH, timeout=30) as response:
+        assert next(response.iter_lines()).startswith("data: ")
+    # The abandoned stream must not keep the model's lock.
+    body = {"model": "llama", "prompt": "hello", "max_tokens": 4, "temperature": 0}
+    response = httpx.post(f"{server}/v1/completions", json=body, headers=AUTH, timeout=10)
+    assert response.json()["choices"][0]["text"] == llama.generate("hello", max_tokens=4, temperature=0).text
+
+
+def test_models_load_on_first_use() -> None:
+    # In process: create_app over a registry that has loaded nothing yet.
+    from starlette.testclient import TestClient
+
+    from rtserve.server import ModelRegistry, create_app
+
+    registry = ModelRegistry.from_specs([f"bert={BERT}"])
+    with TestClient(create_app(registry)) as local:
+        assert local.get("/v2/health/ready").status_code == 503
+        assert local.get("/v2/models/bert/ready").status_code == 503
+        response = local.post("/v1/embeddings", json={"model": "bert", "input": "hi"})
+        assert response.status_code == 200, response.text
+        assert local.get("/v2/models/bert/ready").status_code == 200
+        assert local.get("/v2/health/ready").status_code == 200
