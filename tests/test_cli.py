@@ -99,6 +99,9 @@ def test_serve_options(monkeypatch: pytest.MonkeyPatch) -> None:
     args = _build_parser().parse_args(["serve"])
     assert (args.models, args.host, args.port, args.device, args.api_key) == ([], "127.0.0.1", 8000, "cpu", None)
     assert args.max_request_bytes == 1 << 20
+    assert (args.max_batch_tokens, args.max_queue, args.shutdown_timeout, args.idle_unload) == (8192, 256, 10.0, None)
+    args = _build_parser().parse_args(["serve", "--max-batch-tokens", "512", "--max-queue", "4", "--idle-unload", "60"])
+    assert (args.max_batch_tokens, args.max_queue, args.idle_unload) == (512, 4, 60.0)
     monkeypatch.setenv("RTSERVE_API_KEY", "from-env")
     assert _build_parser().parse_args(["serve"]).api_key == "from-env"
     assert _build_parser().parse_args(["serve", "--api-key", "flag"]).api_key == "flag"
@@ -106,7 +109,15 @@ def test_serve_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["serve", "no-such-model-or-folder"], ["a=no/such/folder", "--port", "0"], ["--port", "0", "--max-request-bytes", "0"]],
+    [
+        ["serve", "no-such-model-or-folder"],
+        ["a=no/such/folder", "--port", "0"],
+        ["--port", "0", "--max-request-bytes", "0"],
+        ["--port", "0", "--max-batch-tokens", "0"],
+        ["--port", "0", "--max-queue", "0"],
+        ["--port", "0", "--shutdown-timeout", "-1"],
+        ["--port", "0", "--idle-unload", "0"],
+    ],
 )
 def test_serve_bad_arguments_fail_cleanly(argv: list[str]) -> None:
     assert_clean_failure(run_cli(*argv))

@@ -269,3 +269,21 @@ def test_embed_cli_refuses_a_decoder():
         timeout=120,
     )
     assert proc.returncode == 1 and "needs an encoder model" in proc.stderr, proc.stderr
+
+
+def test_concurrent_embeds_with_different_max_lengths_truncate_their_own_way(minilm):
+    from conftest import run_in_threads
+
+    text = "word " * 300
+    want = {n: minilm.embed([text], max_length=n) for n in (8, 16, 256)}
+
+    def worker(i: int) -> list[str]:
+        n = (8, 16, 256)[i % 3]
+        return [
+            f"thread {i}: max_length {n} gave another vector"
+            for _ in range(20)
+            if not np.array_equal(minilm.embed([text], max_length=n), want[n])
+        ]
+
+    errors = run_in_threads(worker)
+    assert not errors, errors[:3]

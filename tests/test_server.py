@@ -46,6 +46,7 @@ def running_server(*args: str) -> Iterator[str]:
     # stderr goes to a file: a pipe nobody reads could fill up and stall the server.
     errors = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+    running_server.last_process = process  # type: ignore[attr-defined]
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -404,3 +405,226 @@ def test_models_load_on_first_use() -> None:
         assert response.status_code == 200, response.text
         assert local.get("/v2/models/bert/ready").status_code == 200
         assert local.get("/v2/health/ready").status_code == 200
+
+
+# --- embedding batcher, queue limit, metrics, shutdown --------------------------------------
+
+
+def test_concurrent_embeddings_are_batched_and_exact(server: str, bert: rt.models.EncoderModel) -> None:
+    # 16 clients x 10 requests of different lengths: the worker batches waiting requests
+    # together (one model call), and each client still gets exactly its own vectors.
+    texts = [" ".join(["word"] * (1 + (i * 7) % 23)) + f" {i}" for i in range(40)]
+    expected = dict(zip(texts, bert.embed(texts)))
+
+    def worker(i: int) -> list[str]:
+        problems = []
+        with httpx.Client(headers=AUTH, timeout=30) as http:
+            for j in range(10):
+                chosen = [texts[(i * 10 + j + k) % len(texts)] for k in range(1 + (i + j) % 3)]
+                response = http.post(f"{server}/v1/embeddings", json={"model": "bert", "input": chosen, "encoding_format": "float"})
+                if response.status_code != 200:
+                    problems.append(f"thread {i}: {response.status_code} {response.text}")
+                    continue
+                got = np.asarray([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+                if not np.allclose(got, [expected[t] for t in chosen], rtol=1e-5, atol=1e-6):
+                    problems.append(f"thread {i}: wrong embeddings for {chosen}")
+        return problems
+
+    before = _scrape(server)
+    assert run_in_threads(worker, count=16, timeout=60) == []
+    after = _scrape(server)
+    ok = 'rtserve_requests_total{model="bert",route="/v1/embeddings",status="200"}'
+    assert after[ok] - before.get(ok, 0) == 160
+    batches = after['rtserve_batch_size_count{model="bert"}'] - before.get('rtserve_batch_size_count{model="bert"}', 0)
+    inputs = after['rtserve_batch_size_sum{model="bert"}'] - before.get('rtserve_batch_size_sum{model="bert"}', 0)
+    assert 1 <= batches <= 160
+    assert inputs == sum(1 + (i + j) % 3 for i in range(16) for j in range(10))
+
+
+def _scrape(server: str) -> dict[str, float]:
+    """``/metrics`` as {'name{labels}': value} (the sample lines)."""
+    response = httpx.get(f"{server}/metrics", headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+def test_metrics(server: str, client: openai.OpenAI) -> None:
+    before = _scrape(server)
+    client.embeddings.create(model="bert", input=["one", "two words"])
+    client.completions.create(model="llama", prompt="hello", max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+    httpx.post(f"{server}/v1/embeddings", json={"model": "nope", "input": "x"}, headers=AUTH)
+    httpx.post(f"{server}/v1/embeddings", json={"model": "bert", "input": "x"})  # no key
+    after = _scrape(server)
+
+    def grew(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew('rtserve_requests_total{model="bert",route="/v1/embeddings",status="200"}') == 1
+    assert grew('rtserve_requests_total{model="llama",route="/v1/completions",status="200"}') == 1
+    assert grew('rtserve_requests_total{model="",route="/v1/embeddings",status="404"}') == 1  # unknown names: no series
+    assert grew('rtserve_requests_total{model="",route="/v1/embeddings",status="401"}') == 1
+    assert grew('rtserve_request_seconds_count{model="llama",route="/v1/completions"}') == 1
+    assert grew('rtserve_generated_tokens_total{model="llama"}') == 5
+    assert grew('rtserve_batch_size_sum{model="bert"}') == 2
+    assert grew('rtserve_batch_tokens_sum{model="bert"}') == sum(rt.load(BERT).tokenizer.count(["one", "two words"]))
+    assert after['rtserve_queue_depth{model="bert"}'] == 0
+    for name in ("bert", "llama", "minilm"):
+        assert after[f'rtserve_model_load_seconds{{model="{name}"}}'] > 0
+    assert after['rtserve_model_bytes{model="bert"}'] == (BERT / "model.safetensors").stat().st_size
+    assert not any('model="nope"' in key for key in after)
+
+
+def test_batcher_queue_limit_in_process() -> None:
+    # The queue logic alone, deterministic: a run that blocks until released.
+    import asyncio
+
+    from rtserve.server.batcher import EmbedBatcher
+    from rtserve.server.errors import ApiError
+    from rtserve.tokenizer import Encoded
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def run(items: list[Encoded]) -> np.ndarray:
+        release.wait(10)
+        calls.append(len(items))
+        return np.asarray([[float(item.ids[0])] for item in items], dtype=np.float32)
+
+    def job(*ids: int) -> list[Encoded]:
+        return [Encoded([i, i], [1, 1], [0, 0]) for i in ids]
+
+    async def scenario() -> None:
+        batcher = EmbedBatcher("m", run, max_batch_tokens=6, max_queue=2)
+        first = asyncio.ensure_future(batcher.submit(job(1)))
+        while not calls and batcher.depth:  # the worker takes the first job and blocks in run
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(batcher.submit(job(n))) for n in (2, 3)]
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 2
+        with pytest.raises(ApiError) as raised:
+            await batcher.submit(job(9))
+        assert raised.value.status == 429 and raised.value.headers == {"Retry-After": "1"}
+        release.set()
+        assert (await first).tolist() == [[1.0]]
+        assert [(await w).tolist() for w in waiting] == [[[2.0]], [[3.0]]]
+        assert calls == [1, 2]  # the two waiting requests ran as one batch (4 tokens <= 6)
+        big = await asyncio.gather(batcher.submit(job(4, 5)), batcher.submit(job(6, 7)))
+        assert [b.tolist() for b in big] == [[[4.0], [5.0]], [[6.0], [7.0]]]
+        assert calls[-2:] == [2, 2]  # 4 + 4 tokens > 6: two batches
+        batcher.stop()
+        await batcher.wait_stopped()
+        with pytest.raises(ApiError) as raised:
+            await batcher.submit(job(1))
+        assert raised.value.status == 503
+
+    asyncio.run(scenario())
+
+
+def test_queue_full_429_and_sigterm_finishes_in_flight(minilm_dir: Path) -> None:
+    # --max-queue 1: a burst of slow requests gets some 429s (OpenAI error shape, Retry-After);
+    # then SIGTERM while a request runs: it still gets its answer and the server exits 0.
+    import signal
+
+    texts = [f"word number {i} is here and there " * 12 for i in range(64)]
+    with running_server("serve", f"m={minilm_dir}", "--port", "0", "--max-queue", "1") as line:
+        url = re.match(r"rtserve: serving m on (http://127\.0\.0\.1:\d+) ", line)[1]  # type: ignore[index]
+        statuses: list[int] = []
+        refused: list[httpx.Response] = []
+
+        def burst(i: int) -> list[str]:
+            response = httpx.post(f"{url}/v1/embeddings", json={"model": "m", "input": texts}, timeout=60)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                refused.append(response)
+            return []
+
+        assert run_in_threads(burst, count=12, timeout=60) == []
+        assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+        assert refused[0].headers["Retry-After"] == "1"
+        assert _openai_error(refused[0], 429)["type"] == "rate_limit_error"
+        samples = _scrape_open(url)
+        assert samples['rtserve_requests_total{model="m",route="/v1/embeddings",status="429"}'] == statuses.count(429)
+
+        process = running_server.last_process  # type: ignore[attr-defined]
+        result: list[httpx.Response] = []
+        worker = threading.Thread(
+            target=lambda: result.append(httpx.post(f"{url}/v1/embeddings", json={"model": "m", "input": texts * 4}, timeout=60))
+        )
+        batches = samples['rtserve_batch_size_count{model="m"}']
+        worker.start()
+        import time
+
+        deadline = time.monotonic() + 30
+        while _scrape_open(url)['rtserve_batch_size_count{model="m"}'] == batches and time.monotonic() < deadline:
+            time.sleep(0.02)  # until its batch has started (it runs for about a second)
+        process.send_signal(signal.SIGTERM)
+        worker.join(30)
+        assert result and result[0].status_code == 200 and len(result[0].json()["data"]) == 256
+        assert process.wait(timeout=20) == 0
+
+
+def _scrape_open(url: str) -> dict[str, float]:
+    samples = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+# --- model repository and idle unloading -----------------------------------------------------
+
+
+def test_repository_with_tritonclient(triton_client, bert: rt.models.EncoderModel) -> None:  # type: ignore[no-untyped-def]
+    headers = dict(AUTH)
+    index = {m["name"]: m for m in triton_client.get_model_repository_index(headers=headers)}
+    assert set(index) == {"bert", "llama", "minilm"}
+    assert index["bert"]["state"] == "READY"
+    triton_client.unload_model("bert", headers=headers)
+    assert not triton_client.is_model_ready("bert", headers=headers)
+    assert triton_client.is_server_ready()  # unloaded on purpose: it loads again when asked
+    index = {m["name"]: m for m in triton_client.get_model_repository_index(headers=headers)}
+    assert (index["bert"]["state"], index["bert"]["reason"]) == ("UNAVAILABLE", "unloaded")
+    triton_client.load_model("bert", headers=headers)
+    assert triton_client.is_model_ready("bert", headers=headers)
+    triton_client.unload_model("bert", headers=headers)
+    # The next request loads it again.
+    tensor = triton.InferInput("text", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"hello"], dtype=object))
+    result = triton_client.infer("bert", [tensor], headers=headers)
+    np.testing.assert_allclose(result.as_numpy("embedding"), bert.embed(["hello"]), rtol=1e-6, atol=1e-6)
+    assert triton_client.is_model_ready("bert", headers=headers)
+
+
+def test_repository_errors(server: str) -> None:
+    assert httpx.post(f"{server}/v2/repository/models/nope/load", headers=AUTH).status_code == 404
+    assert httpx.post(f"{server}/v2/repository/index").status_code == 401
+    ready_only = httpx.post(f"{server}/v2/repository/index", json={"ready": True}, headers=AUTH)
+    assert all(m["state"] == "READY" for m in ready_only.json())
+
+
+def test_idle_unload_in_process() -> None:
+    import time
+
+    from starlette.testclient import TestClient
+
+    from rtserve.server import ModelRegistry, create_app
+
+    registry = ModelRegistry.from_specs([f"bert={BERT}"])
+    with TestClient(create_app(registry, idle_unload=0.2)) as local:
+        assert local.post("/v1/embeddings", json={"model": "bert", "input": "hi"}).status_code == 200
+        assert local.get("/v2/models/bert/ready").status_code == 200
+        deadline = time.monotonic() + 10
+        while local.get("/v2/models/bert/ready").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert local.get("/v2/models/bert/ready").status_code == 503
+        assert local.get("/v2/health/ready").status_code == 200
+        assert local.post("/v1/embeddings", json={"model": "bert", "input": "hi"}).status_code == 200
+        assert local.get("/v2/models/bert/ready").status_code == 200

@@ -152,6 +152,31 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1 << 20,
         help="largest request body accepted, in bytes (default 1 MiB; larger gets 413)",
     )
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=8192,
+        help="embedding requests are batched per model up to this many tokens (default 8192)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="embedding requests that may wait per model; more get 429 with Retry-After (default 256)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="on SIGTERM or Ctrl-C, seconds to let in-flight requests finish (default 10)",
+    )
+    serve.add_argument(
+        "--idle-unload",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="unload a model after SECONDS without requests; its next request loads it again (default: never)",
+    )
     serve.set_defaults(run=_cmd_serve)
     return parser
 
@@ -206,14 +231,20 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
+    import signal
     import socket
 
     import uvicorn
 
     from .server import ModelRegistry, create_app
 
-    if args.max_request_bytes < 1:
-        raise _UsageError("--max-request-bytes must be at least 1")
+    for flag in ("max_request_bytes", "max_batch_tokens", "max_queue"):
+        if getattr(args, flag) < 1:
+            raise _UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.idle_unload is not None and args.idle_unload <= 0:
+        raise _UsageError("--idle-unload must be a positive number of seconds")
+    if args.shutdown_timeout < 0:
+        raise _UsageError("--shutdown-timeout must be at least 0")
     if not 0 <= args.port <= 65535:
         raise _UsageError(f"--port must be in 0..65535, got {args.port}")
     try:
@@ -226,7 +257,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         entry.source = str(catalog.resolve(entry.source, progress=_progress_to_stderr))
         entry.load_now()
         _progress_to_stderr(f"loaded {entry.name} in {time.perf_counter() - started:.1f} s: {entry.model!r}")
-    app = create_app(registry, api_key=args.api_key, max_request_bytes=args.max_request_bytes)
+    app = create_app(
+        registry,
+        api_key=args.api_key,
+        max_request_bytes=args.max_request_bytes,
+        max_batch_tokens=args.max_batch_tokens,
+        max_queue=args.max_queue,
+        idle_unload=args.idle_unload,
+    )
     if not args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         _progress_to_stderr(f"warning: listening on {args.host} with no API key; anyone who can reach it can use it")
 
@@ -241,12 +279,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     url = f"http://{host}:{port}"
     print(f"rtserve: serving {', '.join(registry.names())} on {url} (try: {_example_curl(url, registry, args.api_key)})", flush=True)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    # SIGTERM/SIGINT: uvicorn stops accepting, lets open requests finish for up to
+    # --shutdown-timeout seconds, then returns; the exit status is 0.
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=args.shutdown_timeout)
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; SIGTERM is how a
+    # server is told to stop (Kubernetes, systemd), so it ends with status 0, not -15.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped, not an error
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _progress_to_stderr("stopped")
     return 0
 

@@ -9,6 +9,7 @@ tokenizers do with ``padding=True, truncation=True``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class Tokenizer:
 
     def __init__(self, inner: object, path: Path) -> None:
         self._inner = inner
+        self._lock = threading.Lock()
         self.path = path
         self.pad_id = _pad_id(inner)
 
@@ -85,14 +87,16 @@ class Tokenizer:
         if not texts:
             return []
         inner = self._inner
-        if max_length is not None:
-            if max_length < 2:
-                raise ValueError(f"max_length must be at least 2, got {max_length}")
-            inner.enable_truncation(max_length)  # type: ignore[attr-defined]
-        try:
-            encodings = inner.encode_batch(texts)  # type: ignore[attr-defined]
-        finally:
-            inner.no_truncation()  # type: ignore[attr-defined]
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        # Truncation is a setting of the shared tokenizer: one caller at a time.
+        with self._lock:
+            if max_length is not None:
+                inner.enable_truncation(max_length)  # type: ignore[attr-defined]
+            try:
+                encodings = inner.encode_batch(texts)  # type: ignore[attr-defined]
+            finally:
+                inner.no_truncation()  # type: ignore[attr-defined]
         return [Encoded(e.ids, e.attention_mask, e.type_ids) for e in encodings]
 
     def pad(self, items: Sequence[Encoded]) -> Batch:

@@ -22,12 +22,21 @@ _OPENAI_TYPES = {
 class ApiError(Exception):
     """A request the server refuses: ``status`` plus a message a client can act on."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
@@ -36,7 +45,9 @@ def bad_request(message: str, param: str | None = None) -> ApiError:
 
 def error_response(path: str, error: ApiError) -> JSONResponse:
     """The error body for the API that ``path`` belongs to (KServe under /v2, else OpenAI)."""
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    headers = dict(error.headers or {})
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if path == "/v2" or path.startswith("/v2/"):
         return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
     body = {

@@ -17,8 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..models import EncoderModel
+from . import batcher
 from .body import read_body, read_json
 from .errors import ApiError
+from .metrics import MODEL_KEY
 from .registry import ModelRegistry
 
 _HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -36,6 +38,9 @@ def routes() -> list[Route]:
         *(Route(prefix, model_metadata, methods=["GET"]) for prefix in (model, version)),
         *(Route(prefix + "/ready", model_ready, methods=["GET"]) for prefix in (model, version)),
         *(Route(prefix + "/infer", infer, methods=["POST"]) for prefix in (model, version)),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
     ]
 
 
@@ -55,14 +60,44 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Ready when every served model is loaded (the CLI loads them before it listens)."""
-    loaded = all(entry.loaded for entry in _registry(request))
+    """Ready when every served model is loaded (the CLI loads them before it listens) or was
+    unloaded on purpose (idle, or the repository API): those load again on their next request."""
+    loaded = all(entry.loaded or entry.unloaded for entry in _registry(request))
     return Response(status_code=200 if loaded else 503)
 
 
 async def model_ready(request: Request) -> Response:
     entry = _registry(request).entry(request.path_params["name"])
     return Response(status_code=200 if entry.loaded else 503)
+
+
+async def repository_index(request: Request) -> JSONResponse:
+    """The repository extension's index: every served model, its state; ``{"ready": true}``
+    in the body lists only the loaded ones."""
+    raw = await read_body(request)
+    body = await read_json(request, raw) if raw.strip() else {}
+    only_ready = body.get("ready") is True
+    index = []
+    for entry in _registry(request):
+        if only_ready and not entry.loaded:
+            continue
+        state = "READY" if entry.loaded else "UNAVAILABLE"
+        reason = "" if entry.loaded else ("unloaded" if entry.unloaded else "not loaded yet")
+        index.append({"name": entry.name, "version": "1", "state": state, "reason": reason})
+    return JSONResponse(index)
+
+
+async def repository_load(request: Request) -> Response:
+    entry = _registry(request).entry(request.path_params["name"])
+    await entry.get()
+    return JSONResponse({})
+
+
+async def repository_unload(request: Request) -> Response:
+    """Unloads the model (after its running and waiting requests); its next request loads it again."""
+    entry = _registry(request).entry(request.path_params["name"])
+    await entry.unload()
+    return JSONResponse({})
 
 
 async def model_metadata(request: Request) -> JSONResponse:
@@ -80,6 +115,7 @@ async def model_metadata(request: Request) -> JSONResponse:
 
 async def infer(request: Request) -> Response:
     entry = _registry(request).entry(request.path_params["name"])
+    request.scope[MODEL_KEY] = entry.name
     raw = await read_body(request)
     header_length = request.headers.get(_HEADER_LENGTH)
     if header_length is not None:
@@ -96,7 +132,8 @@ async def infer(request: Request) -> Response:
     texts = _texts(body.get("inputs"), binary)
     if not texts:
         raise ApiError(400, "the input holds no texts")
-    vectors = await entry.run(model.embed, texts)
+    items = await batcher.tokenize(entry, model, texts)
+    vectors = await batcher.embed(request.app.state, entry, model, items)
     want_binary = _wants_binary(body)
     output: dict[str, Any] = {"name": _OUTPUT, "datatype": "FP32", "shape": list(vectors.shape)}
     response: dict[str, Any] = {"model_name": entry.name, "model_version": "1", "outputs": [output]}

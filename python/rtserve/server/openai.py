@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions.
 
-Decoders run one request at a time per model (the model's lock is held for a whole
-generation, streamed or not); a request with several prompts decodes them as one batch.
+Embedding requests are batched across clients per model (see :mod:`.batcher`). Decoders
+run one request at a time per model (the model's lock is held for a whole generation,
+streamed or not); a request with several prompts decodes them as one batch.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from ..models import DecoderModel, EncoderModel
-from ..models.encoder import pool
 from ..tokenizer import Encoded
+from . import batcher
 from .body import read_json
-from .errors import ApiError, bad_request
+from .errors import bad_request
+from .metrics import MODEL_KEY
 from .registry import ModelRegistry, ServedModel
 
 _STARTED = int(time.time())
@@ -60,6 +62,7 @@ async def _load(request: Request, body: dict[str, Any], kind: type, endpoint: st
     if "model" not in body:
         raise bad_request("'model' is required", "model")
     entry = _registry(request).entry(body["model"])
+    request.scope[MODEL_KEY] = entry.name
     model = await entry.get()
     if not isinstance(model, kind):
         what = "an encoder (embedding) model" if kind is EncoderModel else "a decoder (text generation) model"
@@ -92,10 +95,11 @@ async def embeddings(request: Request) -> JSONResponse:
                 )
             if any(t < 0 or t >= model.config.vocab_size for t in row):
                 raise bad_request(f"token ids must be in [0, {model.config.vocab_size})", "input")
-        vectors = await entry.run(_embed_ids, model, token_ids)
-        counts = [len(row) for row in token_ids]
+        items = [Encoded(row, [1] * len(row), [0] * len(row)) for row in token_ids]
     else:
-        vectors, counts = await entry.run(_embed_texts, model, texts)
+        items = await batcher.tokenize(entry, model, texts)
+    vectors = await batcher.embed(request.app.state, entry, model, items)
+    counts = [len(item.ids) for item in items]
     if dimensions is not None:
         vectors = np.ascontiguousarray(vectors[:, :dimensions])
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -132,20 +136,6 @@ def _embedding_input(value: Any) -> tuple[list[str], list[list[int]] | None]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _embed_texts(model: EncoderModel, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-    return model.embed(texts), model.tokenizer.count(texts, model.max_length)
-
-
-def _embed_ids(model: EncoderModel, rows: list[list[int]]) -> np.ndarray:
-    """Embeddings of pre-tokenized inputs, pooled and normalized as ``embed`` does."""
-    batch = model.tokenizer.pad([Encoded(row, [1] * len(row), [0] * len(row)) for row in rows])
-    hidden = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-    out = pool(model.sentence.pooling.mode, hidden, batch.attention_mask).astype(np.float32)
-    if model.sentence.normalize:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out
 
 
 # --- completions and chat ---
@@ -297,14 +287,17 @@ async def _generate(
     if stream:
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        events = _stream(entry, model, sequences, ident, created, chat, include_usage)
+        events = _stream(request, entry, model, sequences, ident, created, chat, include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     def run_to_end() -> None:
         while not all(s.finished for s in sequences):
             model.step(sequences)
 
-    await entry.run(run_to_end)
+    try:
+        await entry.run(run_to_end)
+    finally:
+        _count_generated(request, entry, sequences)
     choices = []
     for index, seq in enumerate(sequences):
         if chat:
@@ -332,7 +325,14 @@ def _usage(sequences: list[Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _count_generated(request: Request, entry: ServedModel, sequences: list[Any]) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.generated_tokens.labels(entry.name).inc(sum(len(s.token_ids) for s in sequences))
+
+
 async def _stream(
+    request: Request,
     entry: ServedModel,
     model: DecoderModel,
     sequences: list[Any],
@@ -357,17 +357,20 @@ async def _stream(
         return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
     async with entry.lock:
-        if chat:
-            yield event([choice(i, None, None, first=True) for i in range(len(sequences))])
-        while not all(s.finished for s in sequences):
-            outputs = await entry.run_unlocked(model.step, sequences)
-            for index, out in enumerate(outputs):
-                if out is None:
-                    continue
-                if out.text:
-                    yield event([choice(index, out.text, None)])
-                if out.finish_reason is not None:
-                    yield event([choice(index, None, out.finish_reason)])
+        try:
+            if chat:
+                yield event([choice(i, None, None, first=True) for i in range(len(sequences))])
+            while not all(s.finished for s in sequences):
+                outputs = await entry.run_unlocked(model.step, sequences)
+                for index, out in enumerate(outputs):
+                    if out is None:
+                        continue
+                    if out.text:
+                        yield event([choice(index, out.text, None)])
+                    if out.finish_reason is not None:
+                        yield event([choice(index, None, out.finish_reason)])
+        finally:
+            _count_generated(request, entry, sequences)
     if include_usage:
         yield event([], usage=_usage(sequences))
     yield "data: [DONE]\n\n"

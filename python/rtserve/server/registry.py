@@ -1,14 +1,16 @@
-"""Served models by name: each loads on first use (``rt.load``) and has one lock.
+"""Served models by name: each loads on first use (``rt.load``).
 
-The lock is an ``asyncio.Lock``: a model runs one request at a time, in a worker thread
-(rtserve releases the GIL), so the event loop never waits on a model. Batching requests
-across clients is the scheduler's job, which comes later.
+A decoder runs one request at a time under its ``asyncio.Lock``, in a worker thread
+(rtserve releases the GIL), so the event loop never waits on a model. An encoder's requests
+go through its :class:`~.batcher.EmbedBatcher` (one queue and one worker task per model).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,15 @@ class ServedModel:
     model: Any = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the encoder's batcher, made by the server on first use
+    batcher: Any = None
+    #: the HF tokenizer's truncation setting is shared state: one tokenization at a time
+    tokenize_lock: threading.Lock = field(default_factory=threading.Lock)
+    load_seconds: float | None = None
+    weight_bytes: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    #: unloaded on purpose (idle or the repository API), as opposed to not loaded yet
+    unloaded: bool = False
 
     @property
     def loaded(self) -> bool:
@@ -40,11 +51,39 @@ class ServedModel:
         if self.model is None:
             from ..models import load
 
-            self.model = load(self.source, device=self.device, dtype=self.dtype)
+            started = time.perf_counter()
+            model = load(self.source, device=self.device, dtype=self.dtype)
+            self.load_seconds = time.perf_counter() - started
+            self.weight_bytes = _weight_bytes(getattr(model, "folder", None))
+            self.model = model
+            self.unloaded = False
         return self.model
+
+    async def unload(self) -> bool:
+        """Drops the model (it loads again on next use); False if it was not loaded.
+
+        A decoder's running request and an encoder's waiting requests finish first."""
+        async with self._load_lock:
+            if self.model is None:
+                return False
+            async with self.lock:
+                batcher, self.batcher = self.batcher, None
+                if batcher is not None:
+                    batcher.stop()
+                    await batcher.wait_stopped()
+                self.model = None
+                self.unloaded = True
+            return True
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request runs or waits on this model now."""
+        batcher = self.batcher
+        return self.lock.locked() or (batcher is not None and (batcher.busy or batcher.depth > 0))
 
     async def get(self) -> Any:
         """The loaded model, loading it in a worker thread on first use."""
+        self.last_used = time.monotonic()
         if self.model is None:
             async with self._load_lock:
                 if self.model is None:
@@ -102,6 +141,13 @@ class ModelRegistry:
                 404, f"The model '{name}' does not exist (served: {served})", param=param, code="model_not_found"
             )
         return found
+
+
+def _weight_bytes(folder: Any) -> int:
+    """The size of the weight files (``*.safetensors``, ``*.bin``) in ``folder``."""
+    if folder is None or not Path(folder).is_dir():
+        return 0
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

@@ -1,0 +1,210 @@
+"""Embedding micro-batching: per encoder model, one queue and one worker task.
+
+Requests put their tokenized inputs on the model's queue; the worker takes the waiting
+requests in order while their tokens fit ``max_batch_tokens`` (always at least one) and
+runs them as one call in a worker thread: inputs sorted by length and cut into buckets whose
+padded size fits the budget, pooled and normalized as ``EncoderModel.embed`` does. Each
+request gets its own rows back. More than ``max_queue`` waiting requests: 429 with
+``Retry-After: 1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from ..tokenizer import Encoded
+from .errors import ApiError
+
+DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_QUEUE = 256
+
+
+@dataclass
+class _Job:
+    items: list[Encoded]
+    tokens: int
+    future: asyncio.Future[np.ndarray]
+
+
+class EmbedBatcher:
+    """Batches :meth:`submit` calls into ``run(items)`` calls, one at a time, in a worker thread.
+
+    ``run`` takes a list of :class:`Encoded` and returns one vector per item. ``observe``
+    (optional) is called with (requests, inputs, tokens) of each batch, for metrics.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[list[Encoded]], np.ndarray],
+        *,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        observe: Callable[[int, int, int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.run = run
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queue = max_queue
+        self.observe = observe
+        self._waiting: deque[_Job] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.busy = False
+        self.closing = False
+        #: the model the batches run on (the server makes a new batcher for a reloaded model)
+        self.owner: Any = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the worker (not counting the batch it runs)."""
+        return len(self._waiting)
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._loop is not loop:
+            if self._loop is not loop:  # a new event loop (a test client's): old jobs cannot be answered
+                self._waiting.clear()
+            self._loop = loop
+            self._wakeup = asyncio.Event()
+            if self._waiting:
+                self._wakeup.set()
+            self._task = loop.create_task(self._work(), name=f"rtserve-batcher-{self.name}")
+
+    async def submit(self, items: list[Encoded]) -> np.ndarray:
+        """The vectors of ``items`` [len(items), dim]; 429 ApiError when the queue is full."""
+        if self.closing:
+            raise ApiError(503, f"The model '{self.name}' is being unloaded; retry shortly", code="model_unloading")
+        self._ensure_worker()
+        if len(self._waiting) >= self.max_queue:
+            raise ApiError(
+                429,
+                f"The model '{self.name}' has {len(self._waiting)} requests waiting (the limit); retry shortly",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Job(items, sum(len(e.ids) for e in items), future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    def stop(self) -> None:
+        """Refuses new requests (503); the worker ends once the waiting ones have run."""
+        self.closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def wait_stopped(self) -> None:
+        """Waits for the worker to end (after :meth:`stop`)."""
+        task = self._task
+        if task is not None and not task.done() and self._loop is asyncio.get_running_loop():
+            await asyncio.shield(task)
+
+    def _take(self) -> list[_Job]:
+        jobs = [self._waiting.popleft()]
+        tokens = jobs[0].tokens
+        while self._waiting and tokens + self._waiting[0].tokens <= self.max_batch_tokens:
+            job = self._waiting.popleft()
+            tokens += job.tokens
+            jobs.append(job)
+        return [job for job in jobs if not job.future.done()]  # done: the client went away
+
+    async def _work(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            while not self._waiting:
+                if self.closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            jobs = self._take()
+            if not jobs:
+                continue
+            items = [item for job in jobs for item in job.items]
+            if self.observe is not None:
+                self.observe(len(jobs), len(items), sum(job.tokens for job in jobs))
+            self.busy = True
+            try:
+                vectors = await run_in_threadpool(self.run, items)
+            except Exception as error:  # the model failed: every request of the batch hears it
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            finally:
+                self.busy = False
+            start = 0
+            for job in jobs:
+                end = start + len(job.items)
+                if not job.future.done():
+                    job.future.set_result(vectors[start:end])
+                start = end
+
+
+def embed_encoded(model: Any, items: list[Encoded], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> np.ndarray:
+    """``EncoderModel.embed`` over already tokenized ``items``: sorted by length, run in
+    buckets whose padded size (rows x longest) fits ``max_batch_tokens``, then normalized
+    when the model's sentence-transformers config says so."""
+    out = np.zeros((len(items), model.dim), dtype=np.float32)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * len(items[order[end]].ids) <= max_batch_tokens:
+            end += 1
+        rows = order[start:end]
+        out[rows] = model._embed_batch([items[i] for i in rows])
+        start = end
+    if model.sentence.normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
+    """``entry``'s batcher, made on first use with the app's limits (``state``: ``app.state``)."""
+    if entry.batcher is None or entry.batcher.owner is not model:
+        if entry.batcher is not None:
+            entry.batcher.stop()
+        max_batch_tokens = getattr(state, "max_batch_tokens", DEFAULT_MAX_BATCH_TOKENS)
+        metrics = getattr(state, "metrics", None)
+        name = entry.name
+
+        def observe(requests: int, inputs: int, tokens: int) -> None:
+            if metrics is not None:
+                metrics.observe_batch(name, inputs, tokens)
+
+        entry.batcher = EmbedBatcher(
+            name,
+            lambda items: embed_encoded(model, items, max_batch_tokens),
+            max_batch_tokens=max_batch_tokens,
+            max_queue=getattr(state, "max_queue", DEFAULT_MAX_QUEUE),
+            observe=observe,
+        )
+        entry.batcher.owner = model
+    batcher: EmbedBatcher = entry.batcher
+    return batcher
+
+
+async def tokenize(entry: Any, model: Any, texts: list[str]) -> list[Encoded]:
+    """``texts`` tokenized and truncated to the model's length, in a worker thread."""
+
+    def run() -> list[Encoded]:
+        with entry.tokenize_lock:
+            encoded: list[Encoded] = model.tokenizer.encode_each(texts, model.max_length)
+            return encoded
+
+    return await run_in_threadpool(run)
+
+
+async def embed(state: Any, entry: Any, model: Any, items: list[Encoded]) -> np.ndarray:
+    """The vectors of ``items``, computed in a batch with other requests' inputs."""
+    return await batcher_for(state, entry, model).submit(items)
