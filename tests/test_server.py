@@ -628,3 +628,23 @@ def test_idle_unload_in_process() -> None:
         assert local.get("/v2/health/ready").status_code == 200
         assert local.post("/v1/embeddings", json={"model": "bert", "input": "hi"}).status_code == 200
         assert local.get("/v2/models/bert/ready").status_code == 200
+
+
+def test_server_connections_have_nodelay():
+    """Responses written in two parts must not wait for the client's delayed ACK."""
+    import socket
+
+    from rtserve.cli import listen_socket
+
+    server = listen_socket("127.0.0.1", 0)
+    try:
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        try:
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            conn.close()
+            client.close()
+    finally:
+        server.close()

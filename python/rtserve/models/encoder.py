@@ -122,6 +122,11 @@ class EncoderModel:
             out /= np.maximum(norms, 1e-12)
         return out
 
+    def embed_tokens(self, items: list[Encoded]) -> np.ndarray:
+        """Pooled, unnormalized vectors of already tokenized texts, run as one padded batch
+        (the server's micro-batcher tokenizes requests itself, then batches them)."""
+        return self._embed_batch(items)
+
     def _embed_batch(self, items: list[Encoded]) -> np.ndarray:
         batch = self.tokenizer.pad(items)
         hidden = self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)

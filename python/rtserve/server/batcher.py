@@ -162,7 +162,7 @@ def embed_encoded(model: Any, items: list[Encoded], max_batch_tokens: int = DEFA
         while end < len(order) and (end + 1 - start) * len(items[order[end]].ids) <= max_batch_tokens:
             end += 1
         rows = order[start:end]
-        out[rows] = model._embed_batch([items[i] for i in rows])
+        out[rows] = model.embed_tokens([items[i] for i in rows])
         start = end
     if model.sentence.normalize:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
