@@ -392,18 +392,12 @@ impl Arena {
         self.map.as_ptr().wrapping_add(offset).cast_mut()
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Vec<(usize, usize, Weak<()>)>> {
+    /// The regions some storage still references (dead ones are forgotten here).
+    fn live(&self) -> std::sync::MutexGuard<'_, Vec<(usize, usize, Weak<()>)>> {
         // A poisoned registry only means a panic elsewhere; its data is still valid.
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether no live storage overlaps `[offset, offset + len)` (forgets dead regions).
-    pub fn region_free(&self, offset: usize, len: usize) -> bool {
-        let mut live = self.registry();
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.retain(|(_, _, t)| t.strong_count() > 0);
-        !live
-            .iter()
-            .any(|&(o, l, _)| o < offset + len && offset < o + l)
+        live
     }
 
     /// Registers `[offset, offset + len)` as live and returns its token, or
@@ -412,8 +406,7 @@ impl Arena {
         if offset.checked_add(len)? > self.capacity() || !offset.is_multiple_of(ALIGN) {
             return None;
         }
-        let mut live = self.registry();
-        live.retain(|(_, _, t)| t.strong_count() > 0);
+        let mut live = self.live();
         if live
             .iter()
             .any(|&(o, l, _)| o < offset + len && offset < o + l)
@@ -427,9 +420,7 @@ impl Arena {
 
     /// Regions still referenced by some storage.
     pub fn live_regions(&self) -> usize {
-        let mut live = self.registry();
-        live.retain(|(_, _, t)| t.strong_count() > 0);
-        live.len()
+        self.live().len()
     }
 }
 

@@ -195,28 +195,23 @@ impl Tensor {
         let dst = buf.as_mut_slice();
         let (shape, strides) = (self.layout.shape(), self.layout.strides());
         let last = shape.len().saturating_sub(1);
-        if !shape.is_empty() && strides[last] == 1 && shape[last] > 1 {
-            // Unit-stride rows: one memcpy per row of the last dimension.
-            let row = shape[last] * size;
+        // Copy whole unit-stride rows of the last dimension at once, else one element at a time.
+        let (walk, row) = if !shape.is_empty() && strides[last] == 1 && shape[last] > 1 {
             let outer = Layout::new(
                 shape[..last].to_vec(),
                 strides[..last].to_vec(),
                 self.layout.offset(),
             )?;
-            let mut out = 0usize;
-            for_each_offset(&outer, |off| {
-                let at = off * size;
-                dst[out..out + row].copy_from_slice(&src[at..at + row]);
-                out += row;
-            });
+            (outer, shape[last] * size)
         } else {
-            let mut out = 0usize;
-            for_each_offset(&self.layout, |off| {
-                let at = off * size;
-                dst[out..out + size].copy_from_slice(&src[at..at + size]);
-                out += size;
-            });
-        }
+            (self.layout.clone(), size)
+        };
+        let mut out = 0usize;
+        for_each_offset(&walk, |off| {
+            let at = off * size;
+            dst[out..out + row].copy_from_slice(&src[at..at + row]);
+            out += row;
+        });
         Tensor::from_storage(Arc::new(buf.into_storage()), self.dtype, self.shape())
     }
 

@@ -23,6 +23,8 @@ pub const SHRINK_FACTOR: usize = 2;
 pub const HISTORY: usize = 8;
 /// Idle arenas kept at most.
 pub const MAX_IDLE: usize = 4;
+/// Arenas up to this size (one page) are never freed for being too big.
+pub const ARENA_FLOOR: usize = 4096;
 /// Plans kept at most (distinct shape signatures); the oldest goes first.
 pub const MAX_PLANS: usize = 64;
 
@@ -136,7 +138,7 @@ impl RunCache {
         pool.recent.push_back(need);
         let high = pool.recent.iter().copied().max().unwrap_or(0);
         // Too big for what runs need lately: free it (and any idle one like it).
-        let limit = SHRINK_FACTOR.saturating_mul(high).max(arena_floor());
+        let limit = SHRINK_FACTOR.saturating_mul(high).max(ARENA_FLOOR);
         let before = pool.idle.len() + 1;
         pool.idle.retain(|a| a.capacity() <= limit);
         // An arena some tensor still points into (never expected) is not reused.
@@ -159,11 +161,6 @@ impl RunCache {
     pub fn stats(&self) -> RunStats {
         lock(&self.pool).stats
     }
-}
-
-/// Arenas up to this size are never freed for being too big (one page).
-fn arena_floor() -> usize {
-    4096
 }
 
 impl std::fmt::Debug for RunCache {

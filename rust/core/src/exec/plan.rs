@@ -326,8 +326,10 @@ impl Compiled {
                             })
                         })
                         .collect::<Result<_>>()?;
+                    // The op takes the offered region only if no live storage overlaps
+                    // it (the arena's registry decides); else it allocates afresh.
                     match planned {
-                        Some(at) if arena.region_free(at, plan.bytes[id]) => {
+                        Some(at) => {
                             let (t, taken) = with_output_slot(arena, at, plan.bytes[id], || {
                                 execute(node, &args, inputs, bindings)
                             });
@@ -338,10 +340,6 @@ impl Compiled {
                                 stats.fallback += 1;
                             }
                             t
-                        }
-                        Some(_) => {
-                            stats.fallback += 1;
-                            execute(node, &args, inputs, bindings)?
                         }
                         None => execute(node, &args, inputs, bindings)?,
                     }
