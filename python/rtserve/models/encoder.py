@@ -112,22 +112,39 @@ class EncoderModel:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         encoded = self.tokenizer.encode_each(texts, self._limit(max_length))
-        out = np.zeros((len(encoded), self.dim), dtype=np.float32)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            out[rows] = self._embed_batch([encoded[i] for i in rows])
+        return self.embed_encoded(encoded, normalize, batch_size=batch_size)
+
+    def embed_encoded(
+        self,
+        items: list[Encoded],
+        normalize: bool | None = None,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> np.ndarray:
+        """``embed`` of already tokenized texts: sorted by length and run in batches of at
+        most ``batch_size`` rows and ``max_batch_tokens`` padded tokens (rows x longest; a
+        text longer than that runs alone), then normalized as ``embed`` does."""
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (
+                end < len(order)
+                and (batch_size is None or end - start < batch_size)
+                and (max_batch_tokens is None or (end + 1 - start) * len(items[order[end]].ids) <= max_batch_tokens)
+            ):
+                end += 1
+            rows = order[start:end]
+            out[rows] = self.embed_tokens([items[i] for i in rows])
+            start = end
         if self.sentence.normalize if normalize is None else normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.maximum(norms, 1e-12)
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
     def embed_tokens(self, items: list[Encoded]) -> np.ndarray:
         """Pooled, unnormalized vectors of already tokenized texts, run as one padded batch
-        (the server's micro-batcher tokenizes requests itself, then batches them)."""
-        return self._embed_batch(items)
-
-    def _embed_batch(self, items: list[Encoded]) -> np.ndarray:
+        (``embed_encoded`` calls it per length-sorted batch)."""
         batch = self.tokenizer.pad(items)
         hidden = self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
         return pool(self.sentence.pooling.mode, hidden, batch.attention_mask)

@@ -150,25 +150,6 @@ class EmbedBatcher:
                 start = end
 
 
-def embed_encoded(model: Any, items: list[Encoded], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> np.ndarray:
-    """``EncoderModel.embed`` over already tokenized ``items``: sorted by length, run in
-    buckets whose padded size (rows x longest) fits ``max_batch_tokens``, then normalized
-    when the model's sentence-transformers config says so."""
-    out = np.zeros((len(items), model.dim), dtype=np.float32)
-    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end + 1 - start) * len(items[order[end]].ids) <= max_batch_tokens:
-            end += 1
-        rows = order[start:end]
-        out[rows] = model.embed_tokens([items[i] for i in rows])
-        start = end
-    if model.sentence.normalize:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out
-
-
 def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
     """``entry``'s batcher, made on first use with the app's limits (``state``: ``app.state``)."""
     if entry.batcher is None or entry.batcher.owner is not model:
@@ -184,7 +165,7 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
 
         entry.batcher = EmbedBatcher(
             name,
-            lambda items: embed_encoded(model, items, max_batch_tokens),
+            lambda items: model.embed_encoded(items, max_batch_tokens=max_batch_tokens),
             max_batch_tokens=max_batch_tokens,
             max_queue=getattr(state, "max_queue", DEFAULT_MAX_QUEUE),
             observe=observe,
@@ -198,9 +179,8 @@ async def tokenize(entry: Any, model: Any, texts: list[str]) -> list[Encoded]:
     """``texts`` tokenized and truncated to the model's length, in a worker thread."""
 
     def run() -> list[Encoded]:
-        with entry.tokenize_lock:
-            encoded: list[Encoded] = model.tokenizer.encode_each(texts, model.max_length)
-            return encoded
+        encoded: list[Encoded] = model.tokenizer.encode_each(texts, model.max_length)
+        return encoded
 
     return await run_in_threadpool(run)
 

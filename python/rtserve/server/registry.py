@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ class ServedModel:
     #: the encoder's batcher, made by the server on first use
     batcher: Any = None
     #: the HF tokenizer's truncation setting is shared state: one tokenization at a time
-    tokenize_lock: threading.Lock = field(default_factory=threading.Lock)
     load_seconds: float | None = None
     weight_bytes: int = 0
     last_used: float = field(default_factory=time.monotonic)
