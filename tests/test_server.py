@@ -279,11 +279,104 @@ def test_kserve_infer(triton_client, bert: rt.models.EncoderModel, binary: bool)
     np.testing.assert_allclose(default.as_numpy("embedding"), bert.embed(texts), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_kserve_encoder_token_ids(triton_client, bert: rt.models.EncoderModel, binary: bool) -> None:  # type: ignore[no-untyped-def]
+    # INT64 input_ids with a right-padded attention_mask give the texts' embeddings.
+    texts = ["hello world", "a longer sentence about the cat"]
+    rows = [bert.tokenizer.encode_ids(t) for t in texts]
+    width = max(len(r) for r in rows)
+    ids = np.zeros((2, width), dtype=np.int64)
+    mask = np.zeros((2, width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    tensors = []
+    for name, array in (("input_ids", ids), ("attention_mask", mask)):
+        tensor = triton.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        tensors.append(tensor)
+    result = triton_client.infer("bert", tensors, headers=dict(AUTH))
+    np.testing.assert_allclose(result.as_numpy("embedding"), bert.embed(texts), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_kserve_decoder_generates_text(triton_client, llama: rt.models.DecoderModel, binary: bool) -> None:  # type: ignore[no-untyped-def]
+    prompts = ["hello", "the cat sat"]
+    tensor = triton.InferInput("text_input", [2], "BYTES")
+    tensor.set_data_from_numpy(np.array([p.encode() for p in prompts], dtype=object), binary_data=binary)
+    outputs = [triton.InferRequestedOutput("text_output", binary_data=binary)]
+    result = triton_client.infer(
+        "llama", [tensor], outputs=outputs, parameters={"max_tokens": 7, "temperature": 0}, headers=dict(AUTH)
+    )
+    got = [t.decode() if isinstance(t, bytes) else t for t in result.as_numpy("text_output")]
+    assert got == [llama.generate(p, max_tokens=7, temperature=0).text for p in prompts]
+    metadata = triton_client.get_model_metadata("llama", headers=dict(AUTH))
+    assert [i["name"] for i in metadata["inputs"]] == ["text_input", "input_ids", "attention_mask"]
+    assert metadata["outputs"][1] == {"name": "logits", "datatype": "FP32", "shape": [-1, -1, llama.config.vocab_size]}
+
+
+def test_kserve_decoder_logits(triton_client, llama: rt.models.DecoderModel) -> None:  # type: ignore[no-untyped-def]
+    ids = np.array([[1, 5, 9, 13], [2, 4, 0, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=np.int64)
+    tensors = []
+    for name, array in (("input_ids", ids), ("attention_mask", mask)):
+        tensor = triton.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    result = triton_client.infer("llama", tensors, headers=dict(AUTH))
+    np.testing.assert_allclose(result.as_numpy("logits"), llama.forward(ids, mask), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ([{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2.5]}], "only INT64"),
+        ([{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2]}], "holds 3 elements"),
+        ([{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]},
+          {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [0, 1]}], "right-padded"),
+        ([{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]},
+          {"name": "attention_mask", "shape": [2, 1], "datatype": "INT64", "data": [1, 1]}], "has shape"),
+        ([{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [10**9]}], "token ids must be in"),
+        ([{"name": "x", "shape": [1], "datatype": "INT64", "data": [1]}], "'input_ids'"),
+        ([{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+          {"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}], "not both"),
+        ([{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+          {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["b"]}], "given twice"),
+        ([{"name": "t", "shape": [1], "datatype": "STRING", "data": ["a"]}], "unknown datatype"),
+        ([{"name": "t", "shape": [-1], "datatype": "BYTES", "data": ["a"]}], "non-negative"),
+        ([], "non-empty list"),
+    ],
+)  # fmt: skip
+def test_kserve_bad_inputs(server: str, inputs: list, message: str) -> None:
+    response = httpx.post(f"{server}/v2/models/bert/infer", json={"inputs": inputs}, headers=AUTH)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+def test_kserve_binary_section_must_match(server: str) -> None:
+    header = json.dumps(
+        {"inputs": [{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}]}
+    ).encode()
+    ids = np.array([[1, 2]], dtype="<i8").tobytes()
+    for payload, message in ((ids + b"xx", "belong to no input"), (ids[:8], "does not fit")):
+        response = httpx.post(
+            f"{server}/v2/models/bert/infer",
+            content=header + payload,
+            headers={**AUTH, "Inference-Header-Content-Length": str(len(header))},
+        )
+        assert response.status_code == 400 and message in response.json()["error"], response.text
+    unknown = httpx.post(
+        f"{server}/v2/models/bert/infer",
+        json={"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "outputs": [{"name": "nope"}]},
+        headers=AUTH,
+    )
+    assert unknown.status_code == 400 and "unknown output 'nope'" in unknown.json()["error"]
+
+
 def test_kserve_errors(server: str) -> None:
     missing = httpx.get(f"{server}/v2/models/nope", headers=AUTH)
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
     bad = httpx.post(f"{server}/v2/models/bert/infer", json={"inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, headers=AUTH)
-    assert bad.status_code == 400 and "BYTES" in bad.json()["error"]
+    assert bad.status_code == 400 and "BYTES" in bad.json()["error"] and "input_ids" in bad.json()["error"]
     assert httpx.get(f"{server}/v2/models/bert/ready").status_code == 401
 
 

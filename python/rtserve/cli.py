@@ -162,7 +162,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-queue",
         type=int,
         default=256,
-        help="embedding requests that may wait per model; more get 429 with Retry-After (default 256)",
+        help="requests that may wait per model (embedding batches, decoder joins); more get 429 with "
+        "Retry-After (default 256)",
+    )
+    serve.add_argument(
+        "--max-batch-sequences",
+        type=int,
+        default=16,
+        help="decoders advance up to this many sequences per step (continuous batching; default 16)",
+    )
+    serve.add_argument(
+        "--memory-budget",
+        type=_byte_size,
+        default=None,
+        metavar="BYTES",
+        help="memory the loaded models may hold (e.g. 2G, 512M, 1500000000); loading one that does not "
+        "fit unloads the least recently used idle models (default: no limit)",
     )
     serve.add_argument(
         "--shutdown-timeout",
@@ -229,6 +244,21 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_size(text: str) -> int:
+    """``"2G"``, ``"512M"``, ``"64k"``, ``"1.5GiB"`` or plain bytes -> bytes (powers of 1024)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = value[-1:] if value[-1:] in units and value[-1:] else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 2G, 512M, 1500000000)") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
+    return int(size)
+
+
 def listen_socket(host: str, port: int) -> Any:
     """A listening TCP socket for the server, with TCP_NODELAY on (accepted connections
     inherit it). The explicit IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets
@@ -254,7 +284,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import ModelRegistry, create_app
 
-    for flag in ("max_request_bytes", "max_batch_tokens", "max_queue"):
+    for flag in ("max_request_bytes", "max_batch_tokens", "max_queue", "max_batch_sequences"):
         if getattr(args, flag) < 1:
             raise _UsageError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_unload is not None and args.idle_unload <= 0:
@@ -264,13 +294,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise _UsageError(f"--port must be in 0..65535, got {args.port}")
     try:
-        registry = ModelRegistry.from_specs(args.models or ["minilm"], device=args.device, dtype=args.dtype)
+        registry = ModelRegistry.from_specs(
+            args.models or ["minilm"], device=args.device, dtype=args.dtype, memory_budget=args.memory_budget
+        )
     except ValueError as error:
         raise _UsageError(str(error)) from None
     for entry in registry:
         started = time.perf_counter()
         # Resolve here, not in rt.load, so a first-use pull shows its progress.
         entry.source = str(catalog.resolve(entry.source, progress=_progress_to_stderr))
+        if not registry.fits(entry):
+            _progress_to_stderr(f"{entry.name} does not fit the memory budget now; it loads on its first request")
+            continue
         entry.load_now()
         _progress_to_stderr(f"loaded {entry.name} in {time.perf_counter() - started:.1f} s: {entry.model!r}")
     app = create_app(
@@ -279,6 +314,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         max_batch_tokens=args.max_batch_tokens,
         max_queue=args.max_queue,
+        max_batch_sequences=args.max_batch_sequences,
         idle_unload=args.idle_unload,
     )
     if not args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -25,6 +25,7 @@ from .batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUE
 from .errors import ApiError, error_response, handle_api_error, handle_http_error, handle_unexpected_error
 from .metrics import Metrics, RequestMetrics, metrics_endpoint
 from .registry import ModelRegistry
+from .scheduler import DEFAULT_MAX_SEQUENCES
 
 #: paths a load balancer or Kubernetes probes without credentials
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
@@ -39,12 +40,14 @@ def create_app(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    max_batch_sequences: int = DEFAULT_MAX_SEQUENCES,
     idle_unload: float | None = None,
 ) -> Starlette:
     """The server app over ``registry``; with ``api_key``, requests need ``Authorization: Bearer KEY``.
 
     Embedding requests are batched per model up to ``max_batch_tokens`` tokens; past
-    ``max_queue`` waiting requests a model answers 429. ``GET /metrics``: Prometheus text.
+    ``max_queue`` waiting requests a model answers 429. Decoders advance up to
+    ``max_batch_sequences`` sequences per step (continuous batching). ``GET /metrics``: Prometheus text.
     With ``idle_unload`` (seconds), a model with no request for that long is unloaded; its
     next request loads it again.
     """
@@ -75,6 +78,7 @@ def create_app(
     app.state.max_request_bytes = max_request_bytes
     app.state.max_batch_tokens = max_batch_tokens
     app.state.max_queue = max_queue
+    app.state.max_batch_sequences = max_batch_sequences
     app.state.idle_unload = idle_unload
     app.state.metrics = Metrics()
     if api_key:

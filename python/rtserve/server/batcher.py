@@ -11,7 +11,6 @@ request gets its own rows back. More than ``max_queue`` waiting requests: 429 wi
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,8 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from ..tokenizer import Encoded
-from .errors import ApiError
+from . import memory
+from .worker import QueueWorker
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
 DEFAULT_MAX_QUEUE = 256
@@ -33,12 +33,14 @@ class _Job:
     future: asyncio.Future[np.ndarray]
 
 
-class EmbedBatcher:
+class EmbedBatcher(QueueWorker[_Job]):
     """Batches :meth:`submit` calls into ``run(items)`` calls, one at a time, in a worker thread.
 
     ``run`` takes a list of :class:`Encoded` and returns one vector per item. ``observe``
     (optional) is called with (requests, inputs, tokens) of each batch, for metrics.
     """
+
+    kind = "batcher"
 
     def __init__(
         self,
@@ -49,65 +51,17 @@ class EmbedBatcher:
         max_queue: int = DEFAULT_MAX_QUEUE,
         observe: Callable[[int, int, int], None] | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, max_queue)
         self.run = run
         self.max_batch_tokens = max_batch_tokens
-        self.max_queue = max_queue
         self.observe = observe
-        self._waiting: deque[_Job] = deque()
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.busy = False
-        self.closing = False
-        #: the model the batches run on (the server makes a new batcher for a reloaded model)
-        self.owner: Any = None
-
-    @property
-    def depth(self) -> int:
-        """Requests waiting for the worker (not counting the batch it runs)."""
-        return len(self._waiting)
-
-    def _ensure_worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._loop is not loop:
-            if self._loop is not loop:  # a new event loop (a test client's): old jobs cannot be answered
-                self._waiting.clear()
-            self._loop = loop
-            self._wakeup = asyncio.Event()
-            if self._waiting:
-                self._wakeup.set()
-            self._task = loop.create_task(self._work(), name=f"rtserve-batcher-{self.name}")
 
     async def submit(self, items: list[Encoded]) -> np.ndarray:
         """The vectors of ``items`` [len(items), dim]; 429 ApiError when the queue is full."""
-        if self.closing:
-            raise ApiError(503, f"The model '{self.name}' is being unloaded; retry shortly", code="model_unloading")
-        self._ensure_worker()
-        if len(self._waiting) >= self.max_queue:
-            raise ApiError(
-                429,
-                f"The model '{self.name}' has {len(self._waiting)} requests waiting (the limit); retry shortly",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            )
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Job(items, sum(len(e.ids) for e in items), future))
-        assert self._wakeup is not None
-        self._wakeup.set()
+        self._enqueue(_Job(items, sum(len(e.ids) for e in items), future))
         return await future
-
-    def stop(self) -> None:
-        """Refuses new requests (503); the worker ends once the waiting ones have run."""
-        self.closing = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    async def wait_stopped(self) -> None:
-        """Waits for the worker to end (after :meth:`stop`)."""
-        task = self._task
-        if task is not None and not task.done() and self._loop is asyncio.get_running_loop():
-            await asyncio.shield(task)
 
     def _take(self) -> list[_Job]:
         jobs = [self._waiting.popleft()]
@@ -148,6 +102,9 @@ class EmbedBatcher:
                 if not job.future.done():
                     job.future.set_result(vectors[start:end])
                 start = end
+            del vectors, items
+            if not self._waiting:  # drained: hand the batch's freed memory back
+                memory.trim()
 
 
 def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:

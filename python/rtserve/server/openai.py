@@ -1,8 +1,9 @@
 """OpenAI-compatible routes: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions.
 
-Embedding requests are batched across clients per model (see :mod:`.batcher`). Decoders
-run one request at a time per model (the model's lock is held for a whole generation,
-streamed or not); a request with several prompts decodes them as one batch.
+Embedding requests are batched across clients per model (see :mod:`.batcher`). Decoder
+requests share one continuously batched decode loop per model (see :mod:`.scheduler`):
+each request's sequences join the running batch between two steps and leave when they
+finish; a streaming client that disconnects cancels its sequences.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from ..models import DecoderModel, EncoderModel
 from ..tokenizer import Encoded
 from . import batcher
+from .scheduler import Generation, scheduler_for
 from .body import read_json
 from .errors import bad_request
 from .metrics import MODEL_KEY
@@ -284,19 +286,16 @@ async def _generate(
         raise bad_request("'stream' must be true or false", "stream")
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
+    options = body.get("stream_options") or {}
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    job = scheduler_for(request.app.state, entry, model).submit(sequences)  # 429/503 before any byte is sent
     if stream:
-        options = body.get("stream_options") or {}
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        events = _stream(request, entry, model, sequences, ident, created, chat, include_usage)
+        events = _stream(request, entry, job, ident, created, chat, include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    def run_to_end() -> None:
-        while not all(s.finished for s in sequences):
-            model.step(sequences)
-
     try:
-        await entry.run(run_to_end)
+        await job.wait()
     finally:
+        job.cancel()  # no-op once finished; frees the batch slot if this handler is cancelled
         _count_generated(request, entry, sequences)
     choices = []
     for index, seq in enumerate(sequences):
@@ -334,8 +333,7 @@ def _count_generated(request: Request, entry: ServedModel, sequences: list[Any])
 async def _stream(
     request: Request,
     entry: ServedModel,
-    model: DecoderModel,
-    sequences: list[Any],
+    job: Generation,
     ident: str,
     created: int,
     chat: bool,
@@ -356,21 +354,19 @@ async def _stream(
             return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
-    async with entry.lock:
-        try:
-            if chat:
-                yield event([choice(i, None, None, first=True) for i in range(len(sequences))])
-            while not all(s.finished for s in sequences):
-                outputs = await entry.run_unlocked(model.step, sequences)
-                for index, out in enumerate(outputs):
-                    if out is None:
-                        continue
-                    if out.text:
-                        yield event([choice(index, out.text, None)])
-                    if out.finish_reason is not None:
-                        yield event([choice(index, None, out.finish_reason)])
-        finally:
-            _count_generated(request, entry, sequences)
+    sequences = job.sequences
+    try:
+        if chat:
+            yield event([choice(i, None, None, first=True) for i in range(len(sequences))])
+        async for outputs in job:
+            for index, out in outputs:
+                if out.text:
+                    yield event([choice(index, out.text, None)])
+                if out.finish_reason is not None:
+                    yield event([choice(index, None, out.finish_reason)])
+    finally:
+        job.cancel()  # the client went away (or the stream ended): the sequences leave the batch
+        _count_generated(request, entry, sequences)
     if include_usage:
         yield event([], usage=_usage(sequences))
     yield "data: [DONE]\n\n"
