@@ -276,7 +276,6 @@ def listen_socket(host: str, port: int) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
     import signal
     import socket
 
@@ -336,13 +335,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # server is told to stop (Kubernetes, systemd), so it ends with status 0, not -15.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        _run_loop(server.serve(sockets=[sock]), config)
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped, not an error
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
     _progress_to_stderr("stopped")
     return 0
+
+
+def _run_loop(main: Any, config: Any) -> None:
+    """Runs ``main`` in the event loop uvicorn would pick (uvloop when installed)."""
+    import asyncio
+
+    get_factory = getattr(config, "get_loop_factory", None)  # uvicorn >= 0.36
+    factory = get_factory() if get_factory is not None else None
+    if factory is None or sys.version_info < (3, 11):
+        if get_factory is None:
+            config.setup_event_loop()  # older uvicorn: installs uvloop's policy when it is there
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def _example_curl(url: str, registry: Any, api_key: str | None) -> str:

@@ -1,10 +1,13 @@
 """Embedding micro-batching: per encoder model, one queue and one worker task.
 
-Requests put their tokenized inputs on the model's queue; the worker takes the waiting
-requests in order while their tokens fit ``max_batch_tokens`` (always at least one) and
-runs them as one call in a worker thread: inputs sorted by length and cut into buckets whose
-padded size fits the budget, pooled and normalized as ``EncoderModel.embed`` does. Each
-request gets its own rows back. More than ``max_queue`` waiting requests: 429 with
+Requests put their texts (or token ids) on the model's queue; the worker takes the waiting
+requests in order while their tokens fit ``max_batch_tokens`` (always at least one; texts
+count by an estimate from their length until tokenized) and runs them as one call in a
+worker thread: the texts of all its requests tokenized in one batch call, then the inputs
+sorted by length and cut into buckets whose padded size fits the budget, pooled and
+normalized as ``EncoderModel.embed`` does. Each request gets its own rows (and its
+tokenized inputs, for usage counts) back. Tokenizing in the batch saves each request a
+round trip to a worker thread. More than ``max_queue`` waiting requests: 429 with
 ``Retry-After: 1``.
 """
 
@@ -28,9 +31,18 @@ DEFAULT_MAX_QUEUE = 256
 
 @dataclass
 class _Job:
-    items: list[Encoded]
+    #: the inputs, tokenized (set by the worker thread for jobs submitted as texts)
+    items: list[Encoded] | None
+    texts: list[str] | None
+    #: tokens of ``items``, or an estimate for ``texts``
     tokens: int
     future: asyncio.Future[np.ndarray]
+
+
+def estimate_tokens(text: str, max_length: int) -> int:
+    """A guess at a text's token count before it is tokenized (about 4 characters a token,
+    plus the special tokens), for grouping requests; the model's buckets use exact counts."""
+    return min(len(text) // 4 + 2, max_length)
 
 
 class EmbedBatcher(QueueWorker[_Job]):
@@ -47,21 +59,50 @@ class EmbedBatcher(QueueWorker[_Job]):
         name: str,
         run: Callable[[list[Encoded]], np.ndarray],
         *,
+        tokenize: Callable[[list[str]], list[Encoded]] | None = None,
+        max_length: int = 512,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_queue: int = DEFAULT_MAX_QUEUE,
         observe: Callable[[int, int, int], None] | None = None,
     ) -> None:
         super().__init__(name, max_queue)
         self.run = run
+        self.tokenize = tokenize
+        self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
         self.observe = observe
         self.busy = False
 
     async def submit(self, items: list[Encoded]) -> np.ndarray:
-        """The vectors of ``items`` [len(items), dim]; 429 ApiError when the queue is full."""
+        """The vectors of tokenized ``items`` [len(items), dim]; 429 ApiError when the queue is full."""
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Job(items, sum(len(e.ids) for e in items), future))
+        self._enqueue(_Job(items, None, sum(len(e.ids) for e in items), future))
         return await future
+
+    async def submit_texts(self, texts: list[str]) -> tuple[np.ndarray, list[Encoded]]:
+        """The vectors of ``texts`` [len(texts), dim] and their tokenized inputs; the texts are
+        tokenized in the worker thread with the rest of their batch."""
+        if self.tokenize is None:
+            raise TypeError("this batcher was made without a tokenizer: submit token ids")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        job = _Job(None, texts, sum(estimate_tokens(t, self.max_length) for t in texts), future)
+        self._enqueue(job)
+        vectors = await future
+        assert job.items is not None
+        return vectors, job.items
+
+    def _run_jobs(self, jobs: list[_Job]) -> np.ndarray:
+        """In the worker thread: tokenizes the jobs' texts in one call, runs the model once."""
+        pending = [job for job in jobs if job.items is None]
+        if pending:
+            assert self.tokenize is not None
+            encoded = self.tokenize([t for job in pending for t in job.texts or ()])
+            start = 0
+            for job in pending:
+                job.items = encoded[start : start + len(job.texts or ())]
+                job.tokens = sum(len(e.ids) for e in job.items)
+                start += len(job.items)
+        return self.run([item for job in jobs for item in job.items or ()])
 
     def _take(self) -> list[_Job]:
         jobs = [self._waiting.popleft()]
@@ -83,12 +124,9 @@ class EmbedBatcher(QueueWorker[_Job]):
             jobs = self._take()
             if not jobs:
                 continue
-            items = [item for job in jobs for item in job.items]
-            if self.observe is not None:
-                self.observe(len(jobs), len(items), sum(job.tokens for job in jobs))
             self.busy = True
             try:
-                vectors = await run_in_threadpool(self.run, items)
+                vectors = await run_in_threadpool(self._run_jobs, jobs)
             except Exception as error:  # the model failed: every request of the batch hears it
                 for job in jobs:
                     if not job.future.done():
@@ -96,13 +134,15 @@ class EmbedBatcher(QueueWorker[_Job]):
                 continue
             finally:
                 self.busy = False
+            if self.observe is not None:
+                self.observe(len(jobs), len(vectors), sum(job.tokens for job in jobs))
             start = 0
             for job in jobs:
-                end = start + len(job.items)
+                end = start + len(job.items or ())
                 if not job.future.done():
                     job.future.set_result(vectors[start:end])
                 start = end
-            del vectors, items
+            del vectors
             if not self._waiting:  # drained: hand the batch's freed memory back
                 memory.trim()
 
@@ -123,6 +163,8 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
         entry.batcher = EmbedBatcher(
             name,
             lambda items: model.embed_encoded(items, max_batch_tokens=max_batch_tokens),
+            tokenize=lambda texts: model.tokenizer.encode_each(texts, model.max_length),
+            max_length=model.max_length,
             max_batch_tokens=max_batch_tokens,
             max_queue=getattr(state, "max_queue", DEFAULT_MAX_QUEUE),
             observe=observe,
@@ -132,16 +174,12 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
     return batcher
 
 
-async def tokenize(entry: Any, model: Any, texts: list[str]) -> list[Encoded]:
-    """``texts`` tokenized and truncated to the model's length, in a worker thread."""
-
-    def run() -> list[Encoded]:
-        encoded: list[Encoded] = model.tokenizer.encode_each(texts, model.max_length)
-        return encoded
-
-    return await run_in_threadpool(run)
+async def embed_texts(state: Any, entry: Any, model: Any, texts: list[str]) -> tuple[np.ndarray, list[Encoded]]:
+    """The vectors of ``texts`` and their tokenized inputs, tokenized and computed in a batch
+    with other requests' inputs."""
+    return await batcher_for(state, entry, model).submit_texts(texts)
 
 
 async def embed(state: Any, entry: Any, model: Any, items: list[Encoded]) -> np.ndarray:
-    """The vectors of ``items``, computed in a batch with other requests' inputs."""
+    """The vectors of tokenized ``items``, computed in a batch with other requests' inputs."""
     return await batcher_for(state, entry, model).submit(items)

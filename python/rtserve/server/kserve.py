@@ -309,21 +309,21 @@ async def _infer_encoder(request: Request, entry: Any, model: EncoderModel, inpu
     if texts is not None:
         if not texts:
             raise ApiError(400, "the input holds no texts")
-        items = await batcher.tokenize(entry, model, texts)
-    else:
-        ids = arrays["input_ids"]
-        if ids.shape[0] == 0 or ids.shape[1] == 0:
-            raise ApiError(400, "'input_ids' is empty")
-        if ids.shape[1] > model.max_length:
-            raise ApiError(400, f"'input_ids' has {ids.shape[1]} tokens per row; this model takes at most {model.max_length}")
-        if ids.min() < 0 or ids.max() >= model.config.vocab_size:
-            raise ApiError(400, f"token ids must be in [0, {model.config.vocab_size})")
-        mask = arrays.get("attention_mask", np.ones_like(ids))
-        types = arrays.get("token_type_ids", np.zeros_like(ids))
-        lengths = mask.sum(axis=1)
-        if (lengths == 0).any():
-            raise ApiError(400, "every row needs at least one token (attention_mask all zero)")
-        items = [Encoded(ids[r, :n].tolist(), [1] * int(n), types[r, :n].tolist()) for r, n in enumerate(lengths)]
+        vectors, _ = await batcher.embed_texts(request.app.state, entry, model, texts)
+        return [_Output(_OUTPUT, "FP32", vectors.astype(np.float32))]
+    ids = arrays["input_ids"]
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ApiError(400, "'input_ids' is empty")
+    if ids.shape[1] > model.max_length:
+        raise ApiError(400, f"'input_ids' has {ids.shape[1]} tokens per row; this model takes at most {model.max_length}")
+    if ids.min() < 0 or ids.max() >= model.config.vocab_size:
+        raise ApiError(400, f"token ids must be in [0, {model.config.vocab_size})")
+    mask = arrays.get("attention_mask", np.ones_like(ids))
+    types = arrays.get("token_type_ids", np.zeros_like(ids))
+    lengths = mask.sum(axis=1)
+    if (lengths == 0).any():
+        raise ApiError(400, "every row needs at least one token (attention_mask all zero)")
+    items = [Encoded(ids[r, :n].tolist(), [1] * int(n), types[r, :n].tolist()) for r, n in enumerate(lengths)]
     vectors = await batcher.embed(request.app.state, entry, model, items)
     return [_Output(_OUTPUT, "FP32", vectors.astype(np.float32))]
 

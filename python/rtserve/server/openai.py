@@ -98,9 +98,9 @@ async def embeddings(request: Request) -> JSONResponse:
             if any(t < 0 or t >= model.config.vocab_size for t in row):
                 raise bad_request(f"token ids must be in [0, {model.config.vocab_size})", "input")
         items = [Encoded(row, [1] * len(row), [0] * len(row)) for row in token_ids]
+        vectors = await batcher.embed(request.app.state, entry, model, items)
     else:
-        items = await batcher.tokenize(entry, model, texts)
-    vectors = await batcher.embed(request.app.state, entry, model, items)
+        vectors, items = await batcher.embed_texts(request.app.state, entry, model, texts)
     counts = [len(item.ids) for item in items]
     if dimensions is not None:
         vectors = np.ascontiguousarray(vectors[:, :dimensions])
