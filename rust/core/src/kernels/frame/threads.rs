@@ -18,6 +18,11 @@ use crate::error::{Error, Result};
 /// How long an idle helper keeps polling for the next job before it sleeps.
 const SPIN: Duration = Duration::from_micros(200);
 
+/// Polls of the caller waiting for the helpers' last tasks before it starts yielding
+/// its core (a few microseconds; 2^16 polls, about 1 ms, wasted whole slices when the
+/// process had more runnable threads than cores).
+const WAIT_SPINS: u32 = 1 << 10;
+
 type TaskFn = dyn Fn(usize) + Sync;
 type Panic = Box<dyn std::any::Any + Send>;
 
@@ -215,10 +220,13 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
         pool.shared.wake.notify_all();
     }
     job.work();
+    // The helpers are finishing their last tasks: poll briefly, then yield, so that a
+    // helper preempted by another thread of the process (the server's event loop, a
+    // tokenizer) gets the core back instead of this thread spinning through its slice.
     let mut spins = 0u32;
     while job.done.load(Ordering::Acquire) < tasks {
         spins += 1;
-        if spins < 1 << 16 {
+        if spins < WAIT_SPINS {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();
