@@ -287,3 +287,49 @@ def test_concurrent_embeds_with_different_max_lengths_truncate_their_own_way(min
 
     errors = run_in_threads(worker)
     assert not errors, errors[:3]
+
+
+# --- length buckets -------------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rtserve.models.encoder import CALL_COST_TOKENS, length_buckets  # noqa: E402
+
+
+@given(
+    st.lists(st.integers(1, 300), max_size=200),
+    st.one_of(st.none(), st.integers(1, 70)),
+    st.one_of(st.none(), st.integers(1, 9000)),
+)
+def test_length_buckets_cover_every_input_within_the_limits(lengths, batch_size, budget):
+    lengths = sorted(lengths)
+    buckets = length_buckets(lengths, batch_size, budget, hidden=384)
+    assert [i for s, e in buckets for i in range(s, e)] == list(range(len(lengths)))  # in order, each once
+    for start, end in buckets:
+        rows, longest = end - start, lengths[end - 1]
+        assert rows >= 1
+        if batch_size is not None:
+            assert rows <= batch_size
+        if budget is not None and rows > 1:
+            assert rows * longest <= budget
+
+
+def test_length_buckets_cut_mixed_lengths_and_keep_equal_ones_together():
+    # equal lengths: one call (cutting would only add calls)
+    assert length_buckets([20] * 40, None, 8192, hidden=384) == [(0, 40)]
+    # a few long texts among short ones get their own call instead of padding every row
+    lengths = [10] * 30 + [200] * 2
+    assert length_buckets(lengths, None, 8192, hidden=384) == [(0, 30), (30, 32)]
+    # but a cut that saves less than a call's cost is not made
+    assert length_buckets([10, 11], None, None, hidden=384) == [(0, 2)]
+    assert CALL_COST_TOKENS > 2
+    # over the budget: equal shares, not a full batch and a runt
+    assert length_buckets([8] * 10, None, 8 * 6, hidden=384) == [(0, 5), (5, 10)]
+
+
+def test_embed_is_the_same_however_the_batches_are_cut(minilm):
+    texts = ["short", "a somewhat longer sentence about nothing much at all", "x " * 90, "mid length text here"]
+    together = minilm.embed(texts, batch_size=64)
+    one_by_one = np.concatenate([minilm.embed([t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-6)

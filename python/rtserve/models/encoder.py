@@ -123,21 +123,14 @@ class EncoderModel:
     ) -> np.ndarray:
         """``embed`` of already tokenized texts: sorted by length and run in batches of at
         most ``batch_size`` rows and ``max_batch_tokens`` padded tokens (rows x longest; a
-        text longer than that runs alone), then normalized as ``embed`` does."""
+        text longer than that runs alone), then normalized as ``embed`` does. Where the
+        batches are cut is chosen by :func:`length_buckets` (padding against calls)."""
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while (
-                end < len(order)
-                and (batch_size is None or end - start < batch_size)
-                and (max_batch_tokens is None or (end + 1 - start) * len(items[order[end]].ids) <= max_batch_tokens)
-            ):
-                end += 1
+        lengths = [len(items[i].ids) for i in order]
+        for start, end in length_buckets(lengths, batch_size, max_batch_tokens, self.config.hidden_size):
             rows = order[start:end]
             out[rows] = self.embed_tokens([items[i] for i in rows])
-            start = end
         if self.sentence.normalize if normalize is None else normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
@@ -155,6 +148,61 @@ class EncoderModel:
         if not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
         return min(max_length, self.config.max_position_embeddings)
+
+
+#: the fixed cost of one model call (dispatch, thread wake-ups, small-batch inefficiency),
+#: in padded tokens: about what one call of a short text costs beyond its tokens on MiniLM
+CALL_COST_TOKENS = 32
+
+
+def length_buckets(
+    lengths: Sequence[int], batch_size: int | None, max_batch_tokens: int | None, hidden: int
+) -> list[tuple[int, int]]:
+    """Cuts inputs sorted by length (``lengths``, ascending) into batches ``[start, end)``.
+
+    Each batch holds at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens
+    (rows x its longest; one row always fits). Within those limits the cuts minimise the
+    estimated work: padded tokens, each costing ``1 + L / (3 * hidden)`` (attention grows with
+    the padded length L), plus :data:`CALL_COST_TOKENS` per call. Cuts are only placed
+    between different lengths (dynamic programming over the distinct lengths), so one
+    batch of mixed-length texts is split where its padding would cost more than a call.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    starts = [0] + [k for k in range(1, n) if lengths[k] != lengths[k - 1]]
+    ends = [*starts[1:], n]
+
+    def cap(longest: int) -> int:
+        rows = n if batch_size is None else batch_size
+        if max_batch_tokens is not None:
+            rows = min(rows, max(1, max_batch_tokens // max(longest, 1)))
+        return max(rows, 1)
+
+    def cost(first: int, last: int) -> float:
+        rows = ends[last] - starts[first]
+        longest = lengths[ends[last] - 1]
+        calls = -(-rows // cap(longest))
+        return rows * longest * (1.0 + longest / (3.0 * hidden)) + calls * CALL_COST_TOKENS
+
+    groups = len(starts)
+    best = [0.0] * (groups + 1)
+    cut = [0] * (groups + 1)
+    for last in range(groups):
+        best[last + 1], cut[last + 1] = min((best[first] + cost(first, last), first) for first in range(last + 1))
+    spans = []
+    last = groups
+    while last > 0:
+        first = cut[last]
+        spans.append((starts[first], ends[last - 1]))
+        last = first
+    batches = []
+    for start, end in reversed(spans):
+        rows = end - start
+        calls = -(-rows // cap(lengths[end - 1]))
+        size = -(-rows // calls)  # equal shares, not a full batch and a runt
+        batches += [(b, min(b + size, end)) for b in range(start, end, size)]
+    return batches
 
 
 def pool(mode: str, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
