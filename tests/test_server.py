@@ -584,7 +584,7 @@ def test_batcher_queue_limit_in_process() -> None:
     release = threading.Event()
     calls: list[int] = []
 
-    def run(items: list[Encoded]) -> np.ndarray:
+    def run(items: list[Encoded], on_rows: object = None) -> np.ndarray:
         release.wait(10)
         calls.append(len(items))
         return np.asarray([[float(item.ids[0])] for item in items], dtype=np.float32)

@@ -254,3 +254,32 @@ def test_32_clients_all_answered_and_memory_returns(minilm_dir: Path) -> None:
             assert httpx.post(f"{url}/v1/embeddings", json={"model": "minilm", "input": text}).status_code == 200
         after = _rss(pid)
         assert after <= 1.10 * warm, f"resident memory {warm / 2**20:.1f} MiB after warm-up, {after / 2**20:.1f} MiB after the burst"
+
+
+def test_embedding_requests_are_answered_as_their_rows_finish() -> None:
+    # A batch's first requests get their vectors while the rest of the model call still runs.
+    import threading
+
+    from rtserve.server.batcher import EmbedBatcher
+    from rtserve.tokenizer import Encoded
+
+    release = threading.Event()
+
+    def run(items: list[Encoded], on_rows) -> np.ndarray:  # type: ignore[no-untyped-def]
+        out = np.asarray([[float(item.ids[0])] for item in items], dtype=np.float32)
+        on_rows([0], out)  # the first item's batch is done
+        release.wait(10)  # the second is still running
+        on_rows([1], out)
+        return out
+
+    async def scenario() -> None:
+        batcher = EmbedBatcher("m", run, tokenize=lambda texts: [Encoded([len(t)], [1], [0]) for t in texts])
+        first = asyncio.ensure_future(batcher.submit_texts(["abc"]))
+        second = asyncio.ensure_future(batcher.submit_texts(["hello"]))
+        vectors, items = await asyncio.wait_for(first, 5)
+        assert vectors.tolist() == [[3.0]] and items[0].ids == [3]
+        assert not second.done()
+        release.set()
+        assert (await second)[0].tolist() == [[5.0]]
+
+    asyncio.run(scenario())

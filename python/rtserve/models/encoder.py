@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -120,19 +120,26 @@ class EncoderModel:
         normalize: bool | None = None,
         batch_size: int | None = None,
         max_batch_tokens: int | None = None,
+        on_rows: Callable[[list[int], np.ndarray], None] | None = None,
     ) -> np.ndarray:
         """``embed`` of already tokenized texts: sorted by length and run in batches of at
         most ``batch_size`` rows and ``max_batch_tokens`` padded tokens (rows x longest; a
         text longer than that runs alone), then normalized as ``embed`` does. Where the
-        batches are cut is chosen by :func:`length_buckets` (padding against calls)."""
+        batches are cut is chosen by :func:`length_buckets` (padding against calls).
+        ``on_rows(rows, out)``, if given, is called after each batch with the indices of the
+        items it finished (their rows of ``out`` are final), so a caller can hand them on early."""
         out = np.zeros((len(items), self.dim), dtype=np.float32)
+        normalize = self.sentence.normalize if normalize is None else normalize
         order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
         lengths = [len(items[i].ids) for i in order]
         for start, end in length_buckets(lengths, batch_size, max_batch_tokens, self.config.hidden_size):
             rows = order[start:end]
-            out[rows] = self.embed_tokens([items[i] for i in rows])
-        if self.sentence.normalize if normalize is None else normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            vectors = self.embed_tokens([items[i] for i in rows])
+            if normalize:
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            out[rows] = vectors
+            if on_rows is not None:
+                on_rows(rows, out)
         return out
 
     def embed_tokens(self, items: list[Encoded]) -> np.ndarray:

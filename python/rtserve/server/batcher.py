@@ -48,7 +48,9 @@ def estimate_tokens(text: str, max_length: int) -> int:
 class EmbedBatcher(QueueWorker[_Job]):
     """Batches :meth:`submit` calls into ``run(items)`` calls, one at a time, in a worker thread.
 
-    ``run`` takes a list of :class:`Encoded` and returns one vector per item. ``observe``
+    ``run(items, on_rows)`` takes a list of :class:`Encoded` and returns one vector per item,
+    calling ``on_rows(rows, out)`` as parts of it finish (see ``EncoderModel.embed_encoded``;
+    a ``run`` that never calls it answers every request at the end). ``observe``
     (optional) is called with (requests, inputs, tokens) of each batch, for metrics.
     """
 
@@ -57,7 +59,7 @@ class EmbedBatcher(QueueWorker[_Job]):
     def __init__(
         self,
         name: str,
-        run: Callable[[list[Encoded]], np.ndarray],
+        run: Callable[..., np.ndarray],
         *,
         tokenize: Callable[[list[str]], list[Encoded]] | None = None,
         max_length: int = 512,
@@ -91,8 +93,10 @@ class EmbedBatcher(QueueWorker[_Job]):
         assert job.items is not None
         return vectors, job.items
 
-    def _run_jobs(self, jobs: list[_Job]) -> np.ndarray:
-        """In the worker thread: tokenizes the jobs' texts in one call, runs the model once."""
+    def _run_jobs(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> np.ndarray:
+        """In the worker thread: tokenizes the jobs' texts in one call and runs the model once;
+        each job is answered (on ``loop``) as soon as the model's batches have done its rows,
+        so responses go out while the rest of the call computes."""
         pending = [job for job in jobs if job.items is None]
         if pending:
             assert self.tokenize is not None
@@ -102,7 +106,22 @@ class EmbedBatcher(QueueWorker[_Job]):
                 job.items = encoded[start : start + len(job.texts or ())]
                 job.tokens = sum(len(e.ids) for e in job.items)
                 start += len(job.items)
-        return self.run([item for job in jobs for item in job.items or ()])
+        owner: list[int] = []  # item index -> job index
+        bounds: list[tuple[int, int]] = []
+        for j, job in enumerate(jobs):
+            bounds.append((len(owner), len(owner) + len(job.items or ())))
+            owner += [j] * len(job.items or ())
+        left = [end - start for start, end in bounds]
+
+        def on_rows(rows: list[int], out: np.ndarray) -> None:
+            for row in rows:
+                j = owner[row]
+                left[j] -= 1
+                if left[j] == 0:
+                    start, end = bounds[j]
+                    loop.call_soon_threadsafe(_answer, jobs[j].future, out[start:end].copy())
+
+        return self.run([item for job in jobs for item in job.items or ()], on_rows)
 
     def _take(self) -> list[_Job]:
         jobs = [self._waiting.popleft()]
@@ -126,8 +145,8 @@ class EmbedBatcher(QueueWorker[_Job]):
                 continue
             self.busy = True
             try:
-                vectors = await run_in_threadpool(self._run_jobs, jobs)
-            except Exception as error:  # the model failed: every request of the batch hears it
+                vectors = await run_in_threadpool(self._run_jobs, jobs, asyncio.get_running_loop())
+            except Exception as error:  # the model failed: the requests not answered yet hear it
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(error)
@@ -137,14 +156,18 @@ class EmbedBatcher(QueueWorker[_Job]):
             if self.observe is not None:
                 self.observe(len(jobs), len(vectors), sum(job.tokens for job in jobs))
             start = 0
-            for job in jobs:
+            for job in jobs:  # jobs with no inputs, and any a run did not report
                 end = start + len(job.items or ())
-                if not job.future.done():
-                    job.future.set_result(vectors[start:end])
+                _answer(job.future, vectors[start:end])
                 start = end
             del vectors
             if not self._waiting:  # drained: hand the batch's freed memory back
                 memory.trim()
+
+
+def _answer(future: asyncio.Future[np.ndarray], vectors: np.ndarray) -> None:
+    if not future.done():  # done: answered already, or the client went away
+        future.set_result(vectors)
 
 
 def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
@@ -162,7 +185,7 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
 
         entry.batcher = EmbedBatcher(
             name,
-            lambda items: model.embed_encoded(items, max_batch_tokens=max_batch_tokens),
+            lambda items, on_rows=None: model.embed_encoded(items, max_batch_tokens=max_batch_tokens, on_rows=on_rows),
             tokenize=lambda texts: model.tokenizer.encode_each(texts, model.max_length),
             max_length=model.max_length,
             max_batch_tokens=max_batch_tokens,
