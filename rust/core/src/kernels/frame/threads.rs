@@ -117,9 +117,15 @@ impl Pool {
 fn worker(shared: &Shared) {
     let mut seen = shared.seq.load(Ordering::Acquire);
     loop {
-        // Spin, then sleep, until a new job is published.
+        // Spin, then sleep, until a new job is published. The clock is read every 64
+        // polls: reading it on every poll made clock_gettime 2% of an encoder's profile.
         let start = Instant::now();
-        while shared.seq.load(Ordering::Acquire) == seen && start.elapsed() < SPIN {
+        let mut polls = 0u32;
+        while shared.seq.load(Ordering::Acquire) == seen {
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(64) && start.elapsed() >= SPIN {
+                break;
+            }
             if shared.stop.load(Ordering::Relaxed) {
                 return;
             }

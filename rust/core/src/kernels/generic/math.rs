@@ -18,7 +18,8 @@ pub fn exp_f32(x: f32) -> f32 {
     // Clamp with comparisons (not f32::min/max) so that NaN flows through.
     let xc = if x > 88.8 { 88.8 } else { x };
     let xc = if xc < -104.0 { -104.0 } else { xc };
-    let n = (xc * std::f32::consts::LOG2_E + ROUND_MAGIC) - ROUND_MAGIC;
+    let shifted = xc * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
     // ln 2 split in two so that n * C1 is exact (Cody-Waite).
     let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
@@ -29,7 +30,11 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
     // 2^n in two factors so that n in [-151, 128] stays representable per factor.
-    let ni = n as i32;
+    // n as an integer from the bits of the shifted sum (its low mantissa bits hold n):
+    // `n as i32` is a saturating cast that LLVM cannot vectorize, so every SIMD caller
+    // (GEMM epilogues, softmax, silu) would convert lane by lane. For a NaN x the
+    // integer is garbage, but y is NaN and so is the product.
+    let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
     let n1 = ni >> 1;
     let n2 = ni - n1;
     let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
