@@ -620,15 +620,16 @@ impl PyGraph {
     /// Freezes the graph for `device` (see `rt.devices()`). With `optimize`
     /// (the default) the passes run first: dead code elimination, constant
     /// folding, CSE, matmul + bias + activation + residual fusion, attention
-    /// fusion and weight pre-packing.
+    /// fusion and weight pre-packing (on the CPU only: see `Device::pass_options`).
     #[pyo3(signature = (device="cpu", optimize=true))]
     fn compile(&self, py: Python<'_>, device: &str, optimize: bool) -> PyResult<PyCompiled> {
         guard(|| {
             let dev = core(registry::get(device))?;
             let graph = &self.graph;
+            let options = dev.pass_options();
             let compiled = detached(py, move || {
                 if optimize {
-                    Compiled::optimized(graph)
+                    Compiled::optimized_with(graph, options)
                 } else {
                     Compiled::new(graph)
                 }

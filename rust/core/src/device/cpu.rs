@@ -98,6 +98,10 @@ impl Device for CpuDevice {
         Tensor::from_bytes(dtype, shape, &t.to_bytes()?)
     }
 
+    fn pass_options(&self) -> crate::passes::PassOptions {
+        crate::passes::PassOptions::default()
+    }
+
     fn prepare(&self, program: &Compiled) -> Result<Box<dyn Executable>> {
         Ok(Box::new(CpuExecutable {
             program: Arc::new(program.clone()),

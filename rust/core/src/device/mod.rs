@@ -14,6 +14,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::exec::{CancelToken, Compiled};
 use crate::graph::Op;
+use crate::passes::PassOptions;
 use crate::tensor::Tensor;
 
 /// Memory owned by a device. `handle` is the device's own representation
@@ -60,6 +61,14 @@ pub trait Device: Send + Sync {
 
     /// Copies device memory back into a host tensor of `dtype` and `shape`.
     fn copy_out(&self, buffer: &DeviceBuffer, dtype: DType, shape: &[usize]) -> Result<Tensor>;
+
+    /// The optimization pipeline `compile` runs for this device. The default
+    /// leaves out what only the CPU's kernels read (pre-packed weights).
+    fn pass_options(&self) -> PassOptions {
+        PassOptions {
+            prepack_weights: false,
+        }
+    }
 
     /// Prepares `program` (weights uploaded, kernels built) for repeated runs.
     fn prepare(&self, program: &Compiled) -> Result<Box<dyn Executable>>;

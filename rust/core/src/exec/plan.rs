@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::graph::dim::resolve_all;
 use crate::graph::{format_dims, Dim, Graph, Node, Op, TensorType, ValueId};
 use crate::ops::{binary::binary_in_place, unary::unary_in_place};
-use crate::passes::{optimize, PassStat};
+use crate::passes::{optimize_with, PassOptions, PassStat};
 use crate::plan::{plan, MemoryPlan, Step, ValueInfo, ValueKind};
 use crate::shape::numel;
 use crate::storage::{with_output_slot, Arena};
@@ -86,7 +86,12 @@ impl std::fmt::Display for Monomial {
 impl Compiled {
     /// Runs the optimization passes on `graph`, then freezes the result.
     pub fn optimized(graph: &Graph) -> Result<Compiled> {
-        let (better, passes) = optimize(graph)?;
+        Compiled::optimized_with(graph, PassOptions::default())
+    }
+
+    /// [`Compiled::optimized`] with the pipeline a device asks for.
+    pub fn optimized_with(graph: &Graph, options: PassOptions) -> Result<Compiled> {
+        let (better, passes) = optimize_with(graph, options)?;
         let mut c = Compiled::new(&better)?;
         c.passes = passes;
         Ok(c)
@@ -164,8 +169,19 @@ impl Compiled {
             .map(|(n, v)| (n.as_str(), &self.nodes[*v].out))
     }
 
-    /// Checks the inputs against their declared types and binds the symbols.
-    fn bind(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, usize>> {
+    /// (name, value id) of each input, in declaration order.
+    pub fn input_values(&self) -> &[(String, ValueId)] {
+        &self.inputs
+    }
+
+    /// (name, value id) of each output, in declaration order.
+    pub fn output_values(&self) -> &[(String, ValueId)] {
+        &self.outputs
+    }
+
+    /// Checks the inputs against their declared types and binds the symbols
+    /// (what every device's run does first).
+    pub fn bind(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, usize>> {
         const OP: &str = "run";
         if let Some(unknown) = inputs
             .keys()

@@ -79,12 +79,37 @@ const PIPELINE: &[(&str, &str, PassFn)] = &[
     ("dce", "nodes removed", dce::run),
 ];
 
+/// What a device asks of the pipeline (see [`crate::device::Device::pass_options`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassOptions {
+    /// Run `prepack_weights`: only the CPU's GEMM reads packed panels; on any
+    /// other device they would be a second, unused host copy of every weight.
+    pub prepack_weights: bool,
+}
+
+impl Default for PassOptions {
+    /// The CPU's pipeline: every pass.
+    fn default() -> Self {
+        PassOptions {
+            prepack_weights: true,
+        }
+    }
+}
+
 /// Runs every pass on `graph`; returns the optimized graph and one stat per pass.
 pub fn optimize(graph: &Graph) -> Result<(Graph, Vec<PassStat>)> {
+    optimize_with(graph, PassOptions::default())
+}
+
+/// [`optimize`] with the passes `options` leaves out skipped (and not listed).
+pub fn optimize_with(graph: &Graph, options: PassOptions) -> Result<(Graph, Vec<PassStat>)> {
     check(graph, "none (the graph as built)")?;
     let mut graph = graph.clone();
     let mut stats = Vec::with_capacity(PIPELINE.len());
     for &(pass, unit, run) in PIPELINE {
+        if pass == "prepack_weights" && !options.prepack_weights {
+            continue;
+        }
         let nodes_before = graph.nodes().len();
         let out = run(&graph)?;
         check(&out.graph, pass)?;
@@ -554,6 +579,24 @@ mod tests {
         // Optimizing again changes nothing more.
         let (again, _) = optimize(&opt).unwrap();
         assert_eq!(again.nodes().len(), opt.nodes().len());
+    }
+
+    #[test]
+    fn a_device_without_prepacking_skips_that_pass() {
+        let g = block();
+        let options = PassOptions {
+            prepack_weights: false,
+        };
+        let (opt, stats) = optimize_with(&g, options).unwrap();
+        assert!(stats.iter().all(|s| s.pass != "prepack_weights"));
+        assert!(!opt.nodes().iter().any(|n| matches!(
+            n.op,
+            Op::Linear {
+                packed: Some(_),
+                ..
+            }
+        )));
+        assert_same_values(&g, &opt, &[("batch", 2), ("seq", 5)], 1e-4);
     }
 
     #[test]
