@@ -28,7 +28,6 @@ from pathlib import Path
 from statistics import median
 
 THREADS = int(os.environ.get("RTSERVE_NUM_THREADS", "2"))
-os.environ["RTSERVE_NUM_THREADS"] = str(THREADS)
 
 import numpy as np  # noqa: E402
 
@@ -57,9 +56,10 @@ SHAPE = {
 }
 
 
-def write_model(folder: Path, seed: int = 0) -> int:
-    """The random model as an HF folder; returns the bytes of weights read per decoded token."""
-    c = SHAPE
+def write_model(folder: Path, seed: int = 0, config: dict | None = None) -> int:
+    """The random model (``config``, default SHAPE) as an HF folder; returns the weights
+    (parameters) read per decoded token."""
+    c = config or SHAPE
     h, inter, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
     hd = h // c["num_attention_heads"]
     kv = c["num_key_value_heads"] * hd
@@ -167,6 +167,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-transformers", action="store_true")
     args = ap.parse_args()
+    rt.set_num_threads(THREADS)
     new = 16 if args.quick else 128
     rounds = 1 if args.quick else 3
     prompt = [int(x) for x in np.random.default_rng(1).integers(3, SHAPE["vocab_size"], 32)]

@@ -103,7 +103,8 @@ def devices() -> list[dict[str, object]]:
 def num_threads() -> int: ...
 def set_num_threads(threads: int) -> None: ...
 def peak_gflops(kind: str = "f32", isa: str | None = None) -> float:
-    """Measured peak GFLOP/s at the current thread count ("f32" FMA or "bf16" dot)."""
+    """Measured peak GFLOP/s at the current thread count: "f32" FMA, "bf16" dot (AVX512_BF16) or
+    "i8" dot (AVX512_VNNI, GOP/s); UnsupportedError where the CPU lacks the instruction."""
 
 # --- ops ---------------------------------------------------------------------
 # Eager ops. Arguments: an rt.Tensor or anything rt.tensor accepts (ArrayLike).

@@ -2,7 +2,7 @@
 
 Each subcommand is one ``_cmd_<name>(args) -> int`` function registered in ``_build_parser``;
 ``serve`` (the default: ``rtserve`` alone serves the demo model), ``pull``, ``inspect`` and
-``embed``; ``bench`` will join them. Errors the user can
+``embed`` and ``bench`` (``rtserve.bench``). Errors the user can
 fix (bad path, unknown model, network, corrupt weights) print ``error: ...`` on stderr and exit
 with status 1, without a traceback.
 """
@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import bench as _bench
 from . import catalog, config
 from ._core import RtserveError, WeightsError
 
@@ -122,6 +123,16 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dtype", default="f32", choices=["f32", "bf16", "auto"])
     embed.add_argument("--device", default="cpu")
     embed.set_defaults(run=_cmd_embed)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure this machine's peak FLOP/s and memory bandwidth (--peak)",
+        description="Measure this machine's peak: f32 FMA and bf16/int8 dot throughput and read "
+        "bandwidth, at 1 thread and the current pool size (see rtserve.bench). The benchmark "
+        "suites themselves live in the repository's benches/ (docs/benchmarks.md).",
+    )
+    _bench.add_arguments(bench)
+    bench.set_defaults(run=_bench.run)
 
     serve = commands.add_parser(
         "serve",

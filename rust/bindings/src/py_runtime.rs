@@ -31,6 +31,7 @@ fn cpu_features() -> std::collections::BTreeMap<&'static str, bool> {
         ("avx2_fma", c.avx2_fma),
         ("avx512", c.avx512),
         ("avx512_bf16", c.avx512_bf16),
+        ("avx512_vnni", c.avx512_vnni),
         ("f16c", c.f16c),
     ])
 }
@@ -55,9 +56,10 @@ fn peak_gflops(py: Python<'_>, kind: &str, isa: Option<&str>) -> PyResult<f64> {
     let kind = match kind {
         "f32" => PeakKind::F32Fma,
         "bf16" => PeakKind::Bf16Dot,
+        "i8" => PeakKind::I8Dot,
         other => {
             return Err(crate::errors::unsupported(format!(
-                "peak_gflops: kind '{other}' is not supported (f32, bf16)"
+                "peak_gflops: kind '{other}' is not supported (f32, bf16, i8)"
             )))
         }
     };

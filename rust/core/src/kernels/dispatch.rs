@@ -57,6 +57,8 @@ pub struct CpuFeatures {
     pub avx512: bool,
     /// AVX512_BF16 (`vdpbf16ps`), used by the bf16-weight GEMM.
     pub avx512_bf16: bool,
+    /// AVX512_VNNI (`vpdpbusd`), measured by the int8 peak probe.
+    pub avx512_vnni: bool,
     pub f16c: bool,
 }
 
@@ -78,6 +80,7 @@ fn detect() -> CpuFeatures {
         avx2_fma,
         avx512,
         avx512_bf16: avx512 && std::arch::is_x86_feature_detected!("avx512bf16"),
+        avx512_vnni: avx512 && std::arch::is_x86_feature_detected!("avx512vnni"),
         f16c: std::arch::is_x86_feature_detected!("f16c"),
     }
 }

@@ -1,5 +1,5 @@
-//! Measured peak arithmetic throughput of this machine (GFLOP/s), per thread
-//! count, for f32 FMA and bf16 dot products.
+//! Measured peak arithmetic throughput of this machine (GFLOP/s, or GOP/s for
+//! int8), per thread count, for f32 FMA, bf16 dot and int8 dot products.
 
 use std::time::Instant;
 
@@ -12,9 +12,11 @@ use crate::kernels::frame::threads::parallel_for;
 pub enum PeakKind {
     F32Fma,
     Bf16Dot,
+    /// u8 × i8 dot products into i32 (`vpdpbusd`, AVX512_VNNI); counted as 2 ops per multiply-add.
+    I8Dot,
 }
 
-/// Runs the probe on `threads` threads of the pool at ISA `isa`; returns GFLOP/s.
+/// Runs the probe on `threads` threads of the pool at ISA `isa`; returns GFLOP/s (GOP/s for int8).
 pub fn peak_gflops(kind: PeakKind, isa: Isa) -> Result<f64> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -31,6 +33,10 @@ pub fn peak_gflops(kind: PeakKind, isa: Isa) -> Result<f64> {
             (PeakKind::Bf16Dot, Isa::Avx512) if cpu().avx512_bf16 => {
                 // SAFETY: the guard checked AVX512_BF16 on this CPU.
                 (24.0 * 16.0 * 4.0, |n| unsafe { peak::avx512_dot_bf16(n) })
+            }
+            (PeakKind::I8Dot, Isa::Avx512) if cpu().avx512_vnni => {
+                // SAFETY: the guard checked AVX512_VNNI on this CPU.
+                (24.0 * 16.0 * 8.0, |n| unsafe { peak::avx512_dot_i8(n) })
             }
             _ => {
                 return Err(Error::Unsupported(format!(

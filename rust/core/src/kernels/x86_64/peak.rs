@@ -68,3 +68,24 @@ pub unsafe fn avx512_dot_bf16(iters: u64) -> f32 {
     }
     _mm512_reduce_add_ps(s)
 }
+
+/// 24 independent `vpdpbusd` chains (each: 16 lanes × 4 u8·i8 multiply-adds into i32).
+///
+/// # Safety
+/// The CPU supports AVX-512F + AVX512_VNNI.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub unsafe fn avx512_dot_i8(iters: u64) -> f32 {
+    let mut acc = [_mm512_setzero_si512(); 24];
+    let a = _mm512_set1_epi8(3);
+    let b = _mm512_set1_epi8(-2);
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_dpbusd_epi32(*x, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_si512();
+    for x in acc {
+        s = _mm512_add_epi32(s, x);
+    }
+    _mm512_reduce_add_epi32(s) as f32
+}
