@@ -173,6 +173,67 @@ def run_load(url: str, model: str, texts: list[str], per_request: int, concurren
             "client_cpu": client_cpu / wall, "server_cpu": server_cpu / wall}
 
 
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def _wrk_ms(text: str) -> float:
+    """wrk's latency figures ("812.00us", "48.20ms", "1.02s") in milliseconds."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def run_load_wrk(url: str, model: str, texts: list[str], per_request: int, concurrency: int,
+                 seconds: float, encoding: str, server_pid: int) -> dict:
+    """``concurrency`` keep-alive connections of wrk (a C load generator) for ``seconds``,
+    cycling through the same request bodies as ``run_load``; latency and rates."""
+    import json
+    import resource
+    import shutil
+    import tempfile
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("--client wrk: wrk is not installed (Debian: apt-get install wrk)")
+    bodies = []
+    for i in range(len(texts)):
+        chunk = [texts[(i * per_request + j) % len(texts)] for j in range(per_request)]
+        bodies.append(json.dumps({"model": model, "input": chunk[0] if per_request == 1 else chunk,
+                                  "encoding_format": encoding}))
+    lua = ["bodies = {"]
+    lua += [f"  [==[{b}]==]," for b in bodies]
+    lua += ["}", "local i = 0",
+            'local headers = {["Content-Type"] = "application/json"}',
+            "request = function()",
+            "  i = i + 1",
+            '  return wrk.format("POST", "/v1/embeddings", headers, bodies[(i % #bodies) + 1])',
+            "end"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write("\n".join(lua) + "\n")
+        script = f.name
+    try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server0, t0 = cpu_seconds(server_pid), time.perf_counter()
+        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", script,
+                              f"{url}/v1/embeddings"], capture_output=True, text=True, check=True).stdout
+        wall = time.perf_counter() - t0
+        server_cpu = cpu_seconds(server_pid) - server0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        os.unlink(script)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad or "Socket errors" in out:
+        raise SystemExit(f"wrk saw failed requests:\n{out}")
+    done = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)[1])  # type: ignore[index]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    p50 = _wrk_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
+    p99 = _wrk_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"rps": rps, "sps": rps * per_request, "p50": p50, "p99": p99, "wall": wall, "requests": done,
+            "client_cpu": client_cpu / wall, "server_cpu": server_cpu / wall}
+
+
 def in_process(model, texts: list[str], runs: int) -> float:
     model.embed(texts[:BATCH], batch_size=BATCH)
     best = float("inf")
@@ -181,6 +242,17 @@ def in_process(model, texts: list[str], runs: int) -> float:
         model.embed(texts, batch_size=BATCH)
         best = min(best, time.perf_counter() - t0)
     return len(texts) / best
+
+
+def _client_line(kind: str, seconds: float) -> str:
+    if kind == "wrk":
+        import shutil
+
+        version = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True).stdout
+        first = (version.splitlines() or ["wrk"])[0].split(" [")[0]
+        return (f"{first}, one thread, N keep-alive connections for {seconds:g} s, request bodies cycled from "
+                f"a Lua script")
+    return "httpx, N threads with one keep-alive httpx.Client each, a fixed number of requests"
 
 
 def repo_commit() -> str:
@@ -207,7 +279,15 @@ def main() -> None:
     parser.add_argument("--nodelay", action="store_true",
                         help="start the server with TCP_NODELAY on its listening socket (see _NODELAY_WRAPPER)")
     parser.add_argument("--no-batch16", action="store_true", help="skip the 16-texts-per-request runs")
+    parser.add_argument("--client", choices=["wrk", "httpx"], default=None,
+                        help="load generator: wrk (C, little CPU; the default when installed) or httpx threads")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each wrk row (default 10)")
     args = parser.parse_args()
+    import shutil
+
+    client_kind = args.client or ("wrk" if shutil.which("wrk") else "httpx")
+    if args.quick:
+        args.seconds = min(args.seconds, 2.0)
     single_total, multi_total, runs = (64, 16, 1) if args.quick else (512, 128, 3)
     command = shlex.join([sys.executable, *sys.argv])
 
@@ -225,7 +305,7 @@ def main() -> None:
                f"server and client threads share the machine's cores")
     print(f"machine: {machine}")
     print(f"versions: python {platform.python_version()}, rtserve built from {repo_commit()}, "
-          f"httpx {httpx.__version__}")
+          f"httpx {httpx.__version__}; client: {_client_line(client_kind, args.seconds)}")
     print(f"load average (1/5/15 min) at start: {load_start}")
 
     model = rt.load(folder)
@@ -249,7 +329,11 @@ def main() -> None:
                 total = single_total if per_request == 1 else multi_total
                 for conc in CONCURRENCY:
                     time.sleep(0.3)
-                    r = run_load(url, name, texts, per_request, conc, total, args.encoding, proc.pid)
+                    if client_kind == "wrk":
+                        r = run_load_wrk(url, name, texts, per_request, conc, args.seconds, args.encoding, proc.pid)
+                        total = r["requests"]
+                    else:
+                        r = run_load(url, name, texts, per_request, conc, total, args.encoding, proc.pid)
                     r.update(mix=mix, per_request=per_request, conc=conc, ratio=r["sps"] / base[mix])
                     rows.append(r)
                     print(f"  {mix:5s} {per_request:2d} text(s)/request, concurrency {conc:2d}: "
@@ -271,8 +355,10 @@ def main() -> None:
 
     if args.markdown:
         print()
-        print(f"- **Run**: {'quick (`--quick`)' if args.quick else 'full'}: {single_total} requests per "
-              f"1-text row, {multi_total} per 16-text row; in-process best of {runs}")
+        amount = (f"{args.seconds:g} s per row" if client_kind == "wrk" else
+                  f"{single_total} requests per 1-text row, {multi_total} per 16-text row")
+        print(f"- **Run**: {'quick (`--quick`)' if args.quick else 'full'}: {amount}; in-process best of {runs}")
+        print(f"- **Client**: {_client_line(client_kind, args.seconds)}")
         print(f"- **Machine**: {machine}; load average {load_start} at start, {load_end} at end")
         print(f"- **Versions**: python {platform.python_version()}, rtserve built from {repo_commit()}, "
               f"httpx {httpx.__version__}")
