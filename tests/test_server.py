@@ -390,6 +390,55 @@ def _openai_error(response: httpx.Response, status: int) -> dict:
     return error
 
 
+def test_too_long_inputs_are_refused_with_the_numbers_or_cut_when_asked(server: str, bert: rt.models.EncoderModel) -> None:
+    long_text = " ".join(f"word{i}" for i in range(3 * bert.max_length))
+    count = len(bert.tokenizer.encode_ids(long_text))  # no truncation: the real count
+    body = {"model": "bert", "input": ["short", long_text], "encoding_format": "float"}
+    error = _openai_error(httpx.post(f"{server}/v1/embeddings", json=body, headers=AUTH), 400)
+    assert error["code"] == "input_too_long" and error["param"] == "input"
+    assert f"input[1] has {count} tokens" in error["message"] and f"at most {bert.max_length}" in error["message"]
+    # asked to, the server cuts as model.embed does
+    cut = httpx.post(f"{server}/v1/embeddings", json={**body, "truncate": True}, headers=AUTH)
+    assert cut.status_code == 200, cut.text
+    got = np.asarray([d["embedding"] for d in cut.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, bert.embed(["short", long_text]), rtol=1e-5, atol=1e-6)
+    assert cut.json()["usage"]["prompt_tokens"] == 7 + bert.max_length  # counted after the cut
+    # token ids: the same two answers
+    ids = list(range(5, 5 + bert.max_length + 3))
+    error = _openai_error(httpx.post(f"{server}/v1/embeddings", json={"model": "bert", "input": ids}, headers=AUTH), 400)
+    assert f"input[0] has {len(ids)} tokens" in error["message"]
+    ok = httpx.post(f"{server}/v1/embeddings", json={"model": "bert", "input": ids, "truncate": True}, headers=AUTH)
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == bert.max_length
+    # a long prompt for a decoder: keep its last tokens when asked (vLLM's truncate_prompt_tokens)
+    prompt = " ".join(["hello"] * 400)
+    error = _openai_error(
+        httpx.post(f"{server}/v1/completions", json={"model": "llama", "prompt": prompt, "max_tokens": 2}, headers=AUTH), 400
+    )
+    assert "context is 128" in error["message"] and "truncate_prompt_tokens" in error["message"]
+    body = {"model": "llama", "prompt": prompt, "max_tokens": 3, "temperature": 0, "truncate_prompt_tokens": 20}
+    response = httpx.post(f"{server}/v1/completions", json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    llama = rt.load(LLAMA)
+    last = llama.tokenizer.encode_ids(prompt, add_special_tokens=True)[-20:]
+    assert response.json()["choices"][0]["text"] == llama.generate(last, max_tokens=3, temperature=0).text
+    assert response.json()["usage"]["prompt_tokens"] == 20
+
+
+def test_max_input_tokens_per_request() -> None:
+    with running_server("serve", f"bert={BERT}", f"llama={LLAMA}", "--port", "0", "--max-input-tokens", "40") as line:
+        url = re.search(r"on (http://\S+) ", line)[1]  # type: ignore[index]
+        text = "one two three"
+        fit = 40 // rt.load(BERT).tokenizer.count([text])[0]
+        texts = [text] * (fit + 1)
+        error = _openai_error(httpx.post(f"{url}/v1/embeddings", json={"model": "bert", "input": texts}), 400)
+        assert error["code"] == "request_too_large" and "at most 40 per request" in error["message"]
+        assert httpx.post(f"{url}/v1/embeddings", json={"model": "bert", "input": texts[:fit]}).status_code == 200
+        error = _openai_error(
+            httpx.post(f"{url}/v1/completions", json={"model": "llama", "prompt": ["hello " * 30, "hi " * 30]}), 400
+        )
+        assert "more than 40 tokens" in error["message"]
+
+
 def test_api_key_required(server: str) -> None:
     body = {"model": "bert", "input": "hi"}
     error = _openai_error(httpx.post(f"{server}/v1/embeddings", json=body), 401)

@@ -273,7 +273,7 @@ def test_embedding_requests_are_answered_as_their_rows_finish() -> None:
         return out
 
     async def scenario() -> None:
-        batcher = EmbedBatcher("m", run, tokenize=lambda texts: [Encoded([len(t)], [1], [0]) for t in texts])
+        batcher = EmbedBatcher("m", run, tokenize=lambda texts, limit: [Encoded([len(t)], [1], [0]) for t in texts])
         first = asyncio.ensure_future(batcher.submit_texts(["abc"]))
         second = asyncio.ensure_future(batcher.submit_texts(["hello"]))
         vectors, items = await asyncio.wait_for(first, 5)

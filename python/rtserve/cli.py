@@ -177,6 +177,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "Retry-After (default 256)",
     )
     serve.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=131072,
+        help="tokens one request may bring, all its inputs or prompts together; more gets 400 (default 131072)",
+    )
+    serve.add_argument(
         "--max-batch-sequences",
         type=int,
         default=16,
@@ -294,7 +300,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import ModelRegistry, create_app
 
-    for flag in ("max_request_bytes", "max_batch_tokens", "max_queue", "max_batch_sequences"):
+    for flag in ("max_request_bytes", "max_batch_tokens", "max_queue", "max_batch_sequences", "max_input_tokens"):
         if getattr(args, flag) < 1:
             raise _UsageError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.idle_unload is not None and args.idle_unload <= 0:
@@ -325,6 +331,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens,
         max_queue=args.max_queue,
         max_batch_sequences=args.max_batch_sequences,
+        max_input_tokens=args.max_input_tokens,
         idle_unload=args.idle_unload,
     )
     if not args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):

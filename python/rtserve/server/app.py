@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import kserve, openai
-from .batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUE
+from .batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_INPUT_TOKENS, DEFAULT_MAX_QUEUE
 from .errors import ApiError, error_response, handle_api_error, handle_http_error, handle_unexpected_error
 from .metrics import Metrics, RequestMetrics, metrics_endpoint
 from .registry import ModelRegistry
@@ -41,13 +41,15 @@ def create_app(
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_batch_sequences: int = DEFAULT_MAX_SEQUENCES,
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
     idle_unload: float | None = None,
 ) -> Starlette:
     """The server app over ``registry``; with ``api_key``, requests need ``Authorization: Bearer KEY``.
 
     Embedding requests are batched per model up to ``max_batch_tokens`` tokens; past
     ``max_queue`` waiting requests a model answers 429. Decoders advance up to
-    ``max_batch_sequences`` sequences per step (continuous batching). ``GET /metrics``: Prometheus text.
+    ``max_batch_sequences`` sequences per step (continuous batching). A request may bring
+    ``max_input_tokens`` tokens (all its inputs or prompts together); more gets 400. ``GET /metrics``: Prometheus text.
     With ``idle_unload`` (seconds), a model with no request for that long is unloaded; its
     next request loads it again.
     """
@@ -79,6 +81,7 @@ def create_app(
     app.state.max_batch_tokens = max_batch_tokens
     app.state.max_queue = max_queue
     app.state.max_batch_sequences = max_batch_sequences
+    app.state.max_input_tokens = max_input_tokens
     app.state.idle_unload = idle_unload
     app.state.metrics = Metrics()
     if api_key:

@@ -23,10 +23,13 @@ from starlette.concurrency import run_in_threadpool
 
 from ..tokenizer import Encoded
 from . import memory
+from .errors import ApiError
 from .worker import QueueWorker
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
 DEFAULT_MAX_QUEUE = 256
+#: tokens one request may bring (all its inputs together); more: 400 with the numbers
+DEFAULT_MAX_INPUT_TOKENS = 131072
 
 
 @dataclass
@@ -37,6 +40,8 @@ class _Job:
     #: tokens of ``items``, or an estimate for ``texts``
     tokens: int
     future: asyncio.Future[np.ndarray]
+    #: cut texts longer than the model takes, instead of refusing the request
+    truncate: bool = False
 
 
 def estimate_tokens(text: str, max_length: int) -> int:
@@ -61,9 +66,10 @@ class EmbedBatcher(QueueWorker[_Job]):
         name: str,
         run: Callable[..., np.ndarray],
         *,
-        tokenize: Callable[[list[str]], list[Encoded]] | None = None,
+        tokenize: Callable[[list[str], int | None], list[Encoded]] | None = None,
         max_length: int = 512,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
         max_queue: int = DEFAULT_MAX_QUEUE,
         observe: Callable[[int, int, int], None] | None = None,
     ) -> None:
@@ -71,6 +77,7 @@ class EmbedBatcher(QueueWorker[_Job]):
         self.run = run
         self.tokenize = tokenize
         self.max_length = max_length
+        self.max_input_tokens = max_input_tokens
         self.max_batch_tokens = max_batch_tokens
         self.observe = observe
         self.busy = False
@@ -81,17 +88,62 @@ class EmbedBatcher(QueueWorker[_Job]):
         self._enqueue(_Job(items, None, sum(len(e.ids) for e in items), future))
         return await future
 
-    async def submit_texts(self, texts: list[str]) -> tuple[np.ndarray, list[Encoded]]:
+    async def submit_texts(self, texts: list[str], truncate: bool = False) -> tuple[np.ndarray, list[Encoded]]:
         """The vectors of ``texts`` [len(texts), dim] and their tokenized inputs; the texts are
-        tokenized in the worker thread with the rest of their batch."""
+        tokenized in the worker thread with the rest of their batch. A text longer than the
+        model takes is cut with ``truncate``, else the request fails with a 400 naming the
+        numbers; so does a request whose inputs bring more than ``max_input_tokens`` tokens."""
         if self.tokenize is None:
             raise TypeError("this batcher was made without a tokenizer: submit token ids")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        job = _Job(None, texts, sum(estimate_tokens(t, self.max_length) for t in texts), future)
+        job = _Job(None, texts, sum(estimate_tokens(t, self.max_length) for t in texts), future, truncate)
         self._enqueue(job)
         vectors = await future
         assert job.items is not None
         return vectors, job.items
+
+    def _tokenize(self, pending: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
+        """Tokenizes the jobs' texts in one call (cut one token past the model's length, to see
+        which are too long); a job that breaks a limit is failed (on ``loop``) and left with
+        no items."""
+        assert self.tokenize is not None
+        limit = self.max_length
+        encoded = self.tokenize([t for job in pending for t in job.texts or ()], limit + 1)
+        start = 0
+        for job in pending:
+            texts = job.texts or []
+            items = encoded[start : start + len(texts)]
+            start += len(texts)
+            long = [i for i, e in enumerate(items) if len(e.ids) > limit]
+            if long and not job.truncate:
+                first = long[0]
+                count = len(self.tokenize([texts[first]], None)[0].ids)
+                error = ApiError(
+                    400,
+                    f"input[{first}] has {count} tokens; this model takes at most {limit} "
+                    f"({len(long)} of the {len(texts)} inputs are too long); send \"truncate\": true to cut them",
+                    param="input",
+                    code="input_too_long",
+                )
+                loop.call_soon_threadsafe(_fail, job.future, error)
+                continue
+            if long:
+                cut = self.tokenize([texts[i] for i in long], limit)
+                for i, e in zip(long, cut):
+                    items[i] = e
+            tokens = sum(len(e.ids) for e in items)
+            if tokens > self.max_input_tokens:
+                error = ApiError(
+                    400,
+                    f"the request's inputs have {tokens} tokens; the server takes at most {self.max_input_tokens} "
+                    "per request (--max-input-tokens); split it",
+                    param="input",
+                    code="request_too_large",
+                )
+                loop.call_soon_threadsafe(_fail, job.future, error)
+                continue
+            job.items = items
+            job.tokens = tokens
 
     def _run_jobs(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> np.ndarray:
         """In the worker thread: tokenizes the jobs' texts in one call and runs the model once;
@@ -99,13 +151,8 @@ class EmbedBatcher(QueueWorker[_Job]):
         so responses go out while the rest of the call computes."""
         pending = [job for job in jobs if job.items is None]
         if pending:
-            assert self.tokenize is not None
-            encoded = self.tokenize([t for job in pending for t in job.texts or ()])
-            start = 0
-            for job in pending:
-                job.items = encoded[start : start + len(job.texts or ())]
-                job.tokens = sum(len(e.ids) for e in job.items)
-                start += len(job.items)
+            self._tokenize(pending, loop)
+        jobs = [job for job in jobs if job.items is not None]
         owner: list[int] = []  # item index -> job index
         bounds: list[tuple[int, int]] = []
         for j, job in enumerate(jobs):
@@ -170,6 +217,11 @@ def _answer(future: asyncio.Future[np.ndarray], vectors: np.ndarray) -> None:
         future.set_result(vectors)
 
 
+def _fail(future: asyncio.Future[np.ndarray], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
     """``entry``'s batcher, made on first use with the app's limits (``state``: ``app.state``)."""
     if entry.batcher is None or entry.batcher.owner is not model:
@@ -186,9 +238,10 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
         entry.batcher = EmbedBatcher(
             name,
             lambda items, on_rows=None: model.embed_encoded(items, max_batch_tokens=max_batch_tokens, on_rows=on_rows),
-            tokenize=lambda texts: model.tokenizer.encode_each(texts, model.max_length),
+            tokenize=model.tokenizer.encode_each,
             max_length=model.max_length,
             max_batch_tokens=max_batch_tokens,
+            max_input_tokens=getattr(state, "max_input_tokens", DEFAULT_MAX_INPUT_TOKENS),
             max_queue=getattr(state, "max_queue", DEFAULT_MAX_QUEUE),
             observe=observe,
         )
@@ -197,10 +250,12 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
     return batcher
 
 
-async def embed_texts(state: Any, entry: Any, model: Any, texts: list[str]) -> tuple[np.ndarray, list[Encoded]]:
+async def embed_texts(
+    state: Any, entry: Any, model: Any, texts: list[str], truncate: bool = False
+) -> tuple[np.ndarray, list[Encoded]]:
     """The vectors of ``texts`` and their tokenized inputs, tokenized and computed in a batch
-    with other requests' inputs."""
-    return await batcher_for(state, entry, model).submit_texts(texts)
+    with other requests' inputs (see :meth:`EmbedBatcher.submit_texts` for ``truncate``)."""
+    return await batcher_for(state, entry, model).submit_texts(texts, truncate)
 
 
 async def embed(state: Any, entry: Any, model: Any, items: list[Encoded]) -> np.ndarray:

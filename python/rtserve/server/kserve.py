@@ -158,7 +158,7 @@ async def infer(request: Request) -> Response:
     inputs = _read_inputs(body.get("inputs"), binary)
     model = await entry.get()
     if isinstance(model, EncoderModel):
-        outputs = await _infer_encoder(request, entry, model, inputs)
+        outputs = await _infer_encoder(request, body, entry, model, inputs)
     else:
         outputs = await _infer_decoder(request, body, entry, model, inputs)
     return _respond(body, entry.name, outputs)
@@ -304,12 +304,24 @@ def _texts_or_ids(inputs: dict[str, Any], allowed: tuple[str, ...]) -> tuple[lis
 # --- models -------------------------------------------------------------------------------
 
 
-async def _infer_encoder(request: Request, entry: Any, model: EncoderModel, inputs: dict[str, Any]) -> list[_Output]:
+def _parameters(body: dict[str, Any]) -> dict[str, Any]:
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ApiError(400, "'parameters' must be an object")
+    return parameters
+
+
+async def _infer_encoder(
+    request: Request, body: dict[str, Any], entry: Any, model: EncoderModel, inputs: dict[str, Any]
+) -> list[_Output]:
     texts, arrays = _texts_or_ids(inputs, ("input_ids", "attention_mask", "token_type_ids"))
     if texts is not None:
         if not texts:
             raise ApiError(400, "the input holds no texts")
-        vectors, _ = await batcher.embed_texts(request.app.state, entry, model, texts)
+        truncate = _parameters(body).get("truncate", False)
+        if not isinstance(truncate, bool):
+            raise ApiError(400, "parameter 'truncate' must be true or false")
+        vectors, _ = await batcher.embed_texts(request.app.state, entry, model, texts, truncate)
         return [_Output(_OUTPUT, "FP32", vectors.astype(np.float32))]
     ids = arrays["input_ids"]
     if ids.shape[0] == 0 or ids.shape[1] == 0:
@@ -329,7 +341,7 @@ async def _infer_encoder(request: Request, entry: Any, model: EncoderModel, inpu
 
 
 async def _infer_decoder(request: Request, body: dict[str, Any], entry: Any, model: DecoderModel, inputs: dict[str, Any]) -> list[_Output]:
-    from .openai import _new_sequences, _sampling
+    from .openai import _keep_last, _new_sequences, _sampling
 
     texts, arrays = _texts_or_ids(inputs, ("input_ids", "attention_mask"))
     if texts is None:
@@ -342,12 +354,11 @@ async def _infer_decoder(request: Request, body: dict[str, Any], entry: Any, mod
         return [_Output(_LOGITS, "FP32", logits)]
     if not texts:
         raise ApiError(400, "the input holds no prompts")
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise ApiError(400, "'parameters' must be an object")
+    parameters = _parameters(body)
     params = _sampling(parameters, default_max_tokens=16)
+    limit = getattr(request.app.state, "max_input_tokens", batcher.DEFAULT_MAX_INPUT_TOKENS)
     try:
-        sequences = _new_sequences(model, texts, params)
+        sequences = _new_sequences(model, texts, params, _keep_last(parameters), limit)
     except (ValueError, TypeError) as error:
         raise ApiError(400, str(error)) from None
     job = scheduler_for(request.app.state, entry, model).submit(sequences)

@@ -89,18 +89,32 @@ async def embeddings(request: Request) -> JSONResponse:
         not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= model.dim
     ):
         raise bad_request(f"'dimensions' must be an integer from 1 to {model.dim}, got {dimensions!r}", "dimensions")
+    truncate = body.get("truncate", False)
+    if not isinstance(truncate, bool):
+        raise bad_request("'truncate' must be true or false", "truncate")
     if token_ids is not None:
-        for row in token_ids:
-            if len(row) > model.max_length:
+        for index, row in enumerate(token_ids):
+            if len(row) > model.max_length and not truncate:
                 raise bad_request(
-                    f"an input has {len(row)} tokens; this model takes at most {model.max_length}", "input"
+                    f"input[{index}] has {len(row)} tokens; this model takes at most {model.max_length}; "
+                    "send \"truncate\": true to cut it",
+                    "input",
                 )
             if any(t < 0 or t >= model.config.vocab_size for t in row):
                 raise bad_request(f"token ids must be in [0, {model.config.vocab_size})", "input")
+        token_ids = [row[: model.max_length] for row in token_ids]
+        total = sum(len(row) for row in token_ids)
+        limit = getattr(request.app.state, "max_input_tokens", batcher.DEFAULT_MAX_INPUT_TOKENS)
+        if total > limit:
+            raise bad_request(
+                f"the request's inputs have {total} tokens; the server takes at most {limit} per request "
+                "(--max-input-tokens); split it",
+                "input",
+            )
         items = [Encoded(row, [1] * len(row), [0] * len(row)) for row in token_ids]
         vectors = await batcher.embed(request.app.state, entry, model, items)
     else:
-        vectors, items = await batcher.embed_texts(request.app.state, entry, model, texts)
+        vectors, items = await batcher.embed_texts(request.app.state, entry, model, texts, truncate)
     counts = [len(item.ids) for item in items]
     if dimensions is not None:
         vectors = np.ascontiguousarray(vectors[:, :dimensions])
@@ -202,17 +216,40 @@ def _sampling(body: dict[str, Any], default_max_tokens: int | None) -> dict[str,
     }
 
 
-def _new_sequences(model: DecoderModel, prompts: list[Any], params: dict[str, Any]) -> list[Any]:
+def _new_sequences(
+    model: DecoderModel, prompts: list[Any], params: dict[str, Any], keep_last: int | None = None, limit: int | None = None
+) -> list[Any]:
+    """One sequence per prompt. ``keep_last`` (vLLM's ``truncate_prompt_tokens``) keeps only
+    a prompt's last tokens; ``limit`` caps the prompts' tokens together (400 past it)."""
     sequences = []
-    for prompt in prompts:
+    total = 0
+    for index, prompt in enumerate(prompts):
         kwargs = dict(params)
         ids = model.tokenizer.encode_ids(prompt, add_special_tokens=True) if isinstance(prompt, str) else prompt
+        if keep_last is not None:
+            ids = ids[-keep_last:]
         room = model.max_context - len(ids)
         if room < 1:
-            raise bad_request(f"the prompt has {len(ids)} tokens; the model's context is {model.max_context}", "prompt")
+            raise bad_request(
+                f"prompt[{index}] has {len(ids)} tokens; the model's context is {model.max_context} and leaves no "
+                "room to generate; send \"truncate_prompt_tokens\" to keep only the last ones",
+                "prompt",
+            )
+        total += len(ids)
+        if limit is not None and total > limit:
+            raise bad_request(
+                f"the request's prompts have more than {limit} tokens, the most the server takes per request "
+                "(--max-input-tokens)",
+                "prompt",
+            )
         kwargs["max_tokens"] = min(kwargs["max_tokens"] or room, room)
         sequences.append(model.new_sequence(ids, **kwargs))
     return sequences
+
+
+def _keep_last(body: dict[str, Any]) -> int | None:
+    """vLLM's ``truncate_prompt_tokens``: keep only the prompt's last N tokens."""
+    return _integer(body, "truncate_prompt_tokens", 1)
 
 
 def _completion_prompts(value: Any) -> list[Any]:
@@ -277,8 +314,9 @@ async def _generate(
     default_max_tokens: int | None,
 ) -> Any:
     params = _sampling(body, default_max_tokens)
+    limit = getattr(request.app.state, "max_input_tokens", batcher.DEFAULT_MAX_INPUT_TOKENS)
     try:
-        sequences = _new_sequences(model, prompts, params)
+        sequences = _new_sequences(model, prompts, params, _keep_last(body), limit)
     except (ValueError, TypeError) as error:
         raise bad_request(str(error), "prompt") from None
     stream = body.get("stream", False)
