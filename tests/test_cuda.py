@@ -10,6 +10,11 @@ conformance suite runs in Rust: ``cargo test -p rtserve-cuda``.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +127,66 @@ def test_minilm_on_cuda_matches_the_golden_file():
     model = rt.load("minilm", device="cuda")
     cos = _cosines(model.embed(sentences), golden)
     assert cos.min() >= 0.9999, cos.min()
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_bert_gelu_new"])
+def test_tiny_bert_bf16_weights_on_cuda_close_to_cpu_f32(name):
+    # bf16 weights through cuBLASLt (activations rounded to bf16, f32 accumulation).
+    texts = ["hello world", "a somewhat longer sentence to embed on the gpu", "x"]
+    want = rt.load(FIXTURES / name).embed(texts)
+    got = rt.load(FIXTURES / name, device="cuda", dtype="bf16").embed(texts)
+    assert _cosines(got, want).min() >= 0.999
+
+
+@needs_gpu
+@pytest.mark.skipif(not catalog.is_pulled("minilm"), reason="minilm not pulled (python -m rtserve pull minilm)")
+def test_minilm_bf16_weights_on_cuda_close_to_the_golden_file():
+    folder = FIXTURES / "minilm_golden"
+    sentences = json.loads((folder / "sentences.json").read_text(encoding="utf-8"))
+    with np.load(folder / "golden.npz") as z:
+        golden = z["embeddings"]
+    model = rt.load("minilm", device="cuda", dtype="bf16")
+    assert _cosines(model.embed(sentences), golden).min() >= 0.999
+
+
+def _serve(spec: str, device: str):
+    """``python -m rtserve serve SPEC --device DEVICE --port 0``: (process, base URL)."""
+    command = [sys.executable, "-m", "rtserve", "serve", spec, "--device", device, "--port", "0"]
+    errors = tempfile.TemporaryFile(mode="w+")  # read only on failure; a pipe could fill up
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.match(r"rtserve: serving \S+ on (http://127\.0\.0\.1:\d+) ", line)
+    if not match:
+        process.kill()
+        errors.seek(0)
+        pytest.fail(f"no ready line ({line!r}); stderr:\n{errors.read()}")
+    return process, match[1]
+
+
+@needs_gpu
+@pytest.mark.parametrize("model", ["tiny_bert", "minilm"])
+def test_server_on_cuda_returns_the_cpu_embeddings(model):
+    # A real socket: the server's --device cuda answers /v1/embeddings like the CPU library.
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    if model == "minilm" and not catalog.is_pulled("minilm"):
+        pytest.skip("minilm not pulled (python -m rtserve pull minilm)")
+    source = str(FIXTURES / model) if model == "tiny_bert" else "minilm"
+    texts = ["A man is eating food.", "The new movie is awesome", "x"]
+    process, url = _serve(f"m={source}", "cuda")
+    try:
+        response = httpx.post(
+            f"{url}/v1/embeddings",
+            json={"model": "m", "input": texts, "encoding_format": "float"},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        got = np.asarray([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    want = rt.load(source).embed(texts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert _cosines(got, want).min() >= 0.9999

@@ -2,6 +2,9 @@
 //! like the CPU's GEMM; a weight may be f32 (an f32 product, no TF32), or bf16
 //! or f16: then the activations are rounded to the weight's type and cuBLAS
 //! multiplies in that type with f32 accumulation (the tensor-core path).
+//! `linear` runs on cuBLASLt where it can, with the bias, activation and
+//! residual fused into the product as far as cuBLASLt's epilogues go (lt.rs);
+//! the epilogue kernel does the rest, and all of it on the GemmEx path.
 //!
 //! cuBLAS is column-major: a row-major [r, c] matrix is its column-major
 //! transpose, so row-major `C = A·B` is column-major `Cᵀ = Bᵀ·Aᵀ`, and
@@ -18,46 +21,73 @@ use rtserve_core::{DType, Error, Result};
 
 use crate::gpu::{device_error, grid_for, Gpu};
 use crate::kernels::Arg;
+use crate::lt::{Fused, LinearProblem};
 use crate::ops::{temp, DVal};
 
-/// The weight's cuBLAS type, and the activations converted to it.
-/// (Activations already in the weight's type, which only benchmarks pass, are used as they are.)
-fn operands(gpu: &Gpu, a: &DVal, weight: DType) -> Result<(cudaDataType_t, DVal)> {
-    Ok(match weight {
-        DType::F32 => (cudaDataType_t::CUDA_R_32F, a.clone()),
-        DType::BF16 if a.dtype == DType::BF16 => (cudaDataType_t::CUDA_R_16BF, a.clone()),
-        DType::F16 if a.dtype == DType::F16 => (cudaDataType_t::CUDA_R_16F, a.clone()),
-        DType::BF16 | DType::F16 => {
-            let half = temp(gpu, weight, &a.shape)?;
-            let n = a.numel();
-            if n > 0 {
-                gpu.launch(
-                    "f32_to_half",
-                    grid_for(n, 256),
-                    256,
-                    0,
-                    &[
-                        Arg::Ptr(a.address),
-                        Arg::Ptr(half.address),
-                        Arg::I32((weight == DType::BF16).into()),
-                        Arg::I64(n as i64),
-                    ],
-                )?;
-            }
-            let t = if weight == DType::BF16 {
-                cudaDataType_t::CUDA_R_16BF
-            } else {
-                cudaDataType_t::CUDA_R_16F
-            };
-            (t, half)
-        }
-        d => {
-            return Err(Error::dtype(
-                "matmul",
-                format!("weights of dtype {d} are not supported (f32, bf16 or f16)"),
-            ))
-        }
-    })
+/// The activations in the weight's type: f32 as they are for an f32 weight,
+/// else rounded to bf16/f16 (activations already in the weight's type, which
+/// only benchmarks pass, are used as they are).
+fn operands(gpu: &Gpu, a: &DVal, weight: DType) -> Result<DVal> {
+    match weight {
+        DType::F32 => Ok(a.clone()),
+        DType::BF16 | DType::F16 if a.dtype == weight => Ok(a.clone()),
+        DType::BF16 | DType::F16 => round_to_half(gpu, a, weight),
+        d => Err(Error::dtype(
+            "matmul",
+            format!("weights of dtype {d} are not supported (f32, bf16 or f16)"),
+        )),
+    }
+}
+
+/// `a` (f32) rounded to `half` (bf16 or f16) in fresh memory: four elements per
+/// thread where the addresses allow 16-byte loads, the tail one by one.
+fn round_to_half(gpu: &Gpu, a: &DVal, half: DType) -> Result<DVal> {
+    let out = temp(gpu, half, &a.shape)?;
+    let n = a.numel();
+    let bf16 = Arg::I32((half == DType::BF16).into());
+    let vector = if a.address.is_multiple_of(16) && out.address.is_multiple_of(8) {
+        n / 4 * 4
+    } else {
+        0
+    };
+    if vector > 0 {
+        gpu.launch(
+            "f32_to_half4",
+            grid_for(vector / 4, 256),
+            256,
+            0,
+            &[
+                Arg::Ptr(a.address),
+                Arg::Ptr(out.address),
+                bf16,
+                Arg::I64((vector / 4) as i64),
+            ],
+        )?;
+    }
+    if n > vector {
+        gpu.launch(
+            "f32_to_half",
+            grid_for(n - vector, 256),
+            256,
+            0,
+            &[
+                Arg::Ptr(a.address + vector as u64 * 4),
+                Arg::Ptr(out.address + vector as u64 * 2),
+                bf16,
+                Arg::I64((n - vector) as i64),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// cuBLAS's name for the element type of a GEMM operand.
+fn blas_type(d: DType) -> cudaDataType_t {
+    match d {
+        DType::BF16 => cudaDataType_t::CUDA_R_16BF,
+        DType::F16 => cudaDataType_t::CUDA_R_16F,
+        _ => cudaDataType_t::CUDA_R_32F,
+    }
 }
 
 fn int(op: &str, v: usize) -> Result<c_int> {
@@ -187,12 +217,8 @@ pub fn matmul(gpu: &Gpu, a: &DVal, b: &DVal, out: &DVal) -> Result<()> {
         ));
     }
     let esize = b.dtype.size() as u64;
-    let (ty, a16) = operands(gpu, a, b.dtype)?;
-    let a_esize = if ty == cudaDataType_t::CUDA_R_32F {
-        4
-    } else {
-        2
-    };
+    let a16 = operands(gpu, a, b.dtype)?;
+    let (ty, a_esize) = (blas_type(b.dtype), b.dtype.size());
     let a_batch = &a_shape[..a_shape.len() - 2];
     let b_batch = &b_shape[..b_shape.len() - 2];
     let a_count: usize = a_batch.iter().product();
@@ -263,6 +289,24 @@ pub fn linear(
     residual: Option<&DVal>,
     out: &DVal,
 ) -> Result<()> {
+    linear_on(gpu, x, w, bias, activation, residual, out, true).map(|_| ())
+}
+
+/// [`linear`], on cuBLASLt when `allow_lt` and it can run the product (then its
+/// epilogue computes what it can), else on cuBLAS GemmEx. Whatever the product
+/// did not fuse, the epilogue kernel does. Returns what cuBLASLt fused (None:
+/// GemmEx ran).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_on(
+    gpu: &Gpu,
+    x: &DVal,
+    w: &DVal,
+    bias: Option<&DVal>,
+    activation: Activation,
+    residual: Option<&DVal>,
+    out: &DVal,
+    allow_lt: bool,
+) -> Result<Option<Fused>> {
     const OP: &str = "linear";
     let (&[n, k], Some(&kx)) = (w.shape.as_slice(), x.shape.last()) else {
         return Err(Error::shape(
@@ -277,29 +321,58 @@ pub fn linear(
         ));
     }
     let rows = x.numel() / k.max(1);
-    let (ty, x16) = operands(gpu, x, w.dtype)?;
-    run(
-        gpu,
-        OP,
-        ty,
-        &Gemm {
-            trans_a: true,
-            m: n,
-            n: rows,
-            k,
-            a: w.address,
-            lda: k,
-            stride_a: 0,
-            b: x16.address,
-            ldb: k,
-            stride_b: 0,
-            c: out.address,
-            ldc: n,
-            stride_c: 0,
-            batch: 1,
-        },
-    )?;
+    let x16 = operands(gpu, x, w.dtype)?;
+    let problem = LinearProblem {
+        dtype: w.dtype,
+        rows,
+        n,
+        k,
+        x: x16.address,
+        w: w.address,
+        out: out.address,
+        bias: bias.map(|b| b.address),
+        residual: residual.map(|r| r.address),
+        activation,
+    };
+    // cuBLASLt needs k > 0 (an empty sum is GemmEx's zero fill) and rows, n > 0.
+    let lt = gpu
+        .lt
+        .as_ref()
+        .filter(|_| allow_lt && rows > 0 && n > 0 && k > 0);
+    // A cuBLASLt failure leaves nothing queued: GemmEx then computes the same.
+    let fused = lt.and_then(|lt| lt.linear(&problem).ok().flatten());
+    if fused.is_none() {
+        run(
+            gpu,
+            OP,
+            blas_type(w.dtype),
+            &Gemm {
+                trans_a: true,
+                m: n,
+                n: rows,
+                k,
+                a: w.address,
+                lda: k,
+                stride_a: 0,
+                b: x16.address,
+                ldb: k,
+                stride_b: 0,
+                c: out.address,
+                ldc: n,
+                stride_c: 0,
+                batch: 1,
+            },
+        )?;
+    }
+    let done = fused.unwrap_or(Fused {
+        bias: false,
+        activation: false,
+        residual: false,
+    });
+    let bias = bias.filter(|_| !done.bias);
+    let residual = residual.filter(|_| !done.residual);
     let act = match activation {
+        _ if done.activation => 0,
         Activation::None => 0,
         Activation::Relu => 1,
         Activation::Gelu => 2,
@@ -323,5 +396,84 @@ pub fn linear(
             ],
         )?;
     }
-    Ok(())
+    Ok(fused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::values;
+    use crate::CudaDevice;
+
+    fn download(gpu: &Gpu, v: &DVal) -> Vec<f32> {
+        let mut bytes = vec![0u8; v.bytes()];
+        gpu.download(v.address, &mut bytes).unwrap();
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    /// On a GPU with cuBLASLt: every bias/activation/residual combination of
+    /// `linear` gives the GemmEx path's values (up to summation order), and
+    /// cuBLASLt ran wherever the operands are 16-byte aligned.
+    #[test]
+    fn cublaslt_epilogues_match_the_gemmex_path() {
+        let dev = CudaDevice::new();
+        if let Some(why) = dev.unavailable_reason() {
+            eprintln!("skipped: the cuda device is unavailable here ({why})");
+            return;
+        }
+        let gpu = dev.gpu().unwrap();
+        let _guard = gpu.lock().unwrap();
+        eprintln!("linear: {}", gpu.gemm_path);
+        if gpu.lt.is_none() {
+            eprintln!("skipped: no cuBLASLt here");
+            return;
+        }
+        let activations = [
+            Activation::None,
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::Silu,
+        ];
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let mut worst = 0f64;
+            for &(rows, k, n) in &[(1, 7, 5), (9, 33, 17), (33, 128, 64), (300, 384, 1536)] {
+                let x = values(&gpu, &[rows, k], 11, DType::F32).unwrap();
+                let w = values(&gpu, &[n, k], 12, dtype).unwrap();
+                let b = values(&gpu, &[n], 13, DType::F32).unwrap();
+                let r = values(&gpu, &[rows, n], 14, DType::F32).unwrap();
+                for act in activations {
+                    for (bias, residual) in
+                        [(false, false), (true, false), (false, true), (true, true)]
+                    {
+                        let (bias, residual) = (bias.then_some(&b), residual.then_some(&r));
+                        let lt_out = temp(&gpu, DType::F32, &[rows, n]).unwrap();
+                        let ex_out = temp(&gpu, DType::F32, &[rows, n]).unwrap();
+                        let fused =
+                            linear_on(&gpu, &x, &w, bias, act, residual, &lt_out, true).unwrap();
+                        let plain =
+                            linear_on(&gpu, &x, &w, bias, act, residual, &ex_out, false).unwrap();
+                        assert!(plain.is_none());
+                        let aligned = k % 8 == 0 && n % 8 == 0;
+                        let what = format!(
+                            "{dtype} {rows}x{k}x{n} {act:?} bias {} residual {}",
+                            bias.is_some(),
+                            residual.is_some()
+                        );
+                        assert!(fused.is_some() || !aligned, "cuBLASLt did not run: {what}");
+                        let (got, want) = (download(&gpu, &lt_out), download(&gpu, &ex_out));
+                        for (g, e) in got.iter().zip(&want) {
+                            let err = (g - e).abs() as f64 / (1.0 + e.abs() as f64);
+                            worst = worst.max(err);
+                            assert!(err <= 5e-5, "{what}: {g} vs {e}");
+                        }
+                    }
+                }
+            }
+            eprintln!("{dtype}: cuBLASLt vs GemmEx + kernel, largest |diff| / (1 + |value|) = {worst:.2e}");
+        }
+    }
 }

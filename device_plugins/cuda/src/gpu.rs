@@ -1,5 +1,6 @@
 //! One GPU opened for rtserve: its context, the one stream every launch goes
-//! to, the cuBLAS handle, the compiled kernels, and the weights already on it.
+//! to, the cuBLAS and cuBLASLt handles, the compiled kernels, and the weights
+//! already on it.
 //!
 //! Everything is queued on one stream, so work is ordered without events
 //! (cudarc's event tracking is turned off) and `synchronize` waits for it all.
@@ -14,6 +15,7 @@ use cudarc::driver::{result as driver, CudaContext, CudaSlice, CudaStream, Devic
 use rtserve_core::{Error, Result, Tensor};
 
 use crate::kernels::{Arg, Kernels};
+use crate::lt::Lt;
 use crate::probe::Found;
 
 /// Device memory owned by rtserve (freed on drop, in stream order).
@@ -37,6 +39,10 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: CudaBlas,
+    /// cuBLASLt, for `linear` with its epilogue fused (None: cuBLAS GemmEx only).
+    pub lt: Option<Lt>,
+    /// How `linear` runs here, in words (which epilogues are fused, or why none).
+    pub gemm_path: String,
     pub kernels: Kernels,
     lock: Mutex<()>,
     /// Constants uploaded so far, shared by every program that holds them
@@ -63,14 +69,26 @@ impl Gpu {
             .map_err(|e| format!("creating a CUDA stream: {e}"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS: {e}"))?;
         let kernels = Kernels::load(&ctx, found.compute_capability)?;
-        Ok(Gpu {
+        let mut gpu = Gpu {
             ctx,
             stream,
             blas,
+            lt: None,
+            gemm_path: String::new(),
             kernels,
             lock: Mutex::new(()),
             weights: Mutex::new(HashMap::new()),
-        })
+        };
+        let opened = Lt::open(&gpu, found.compute_capability.0)
+            .and_then(|mut lt| lt.check_epilogues(&gpu).map(|note| (lt, note)));
+        gpu.gemm_path = match opened {
+            Ok((lt, note)) => {
+                gpu.lt = Some(lt);
+                format!("cuBLASLt with fused epilogues ({note})")
+            }
+            Err(why) => format!("cuBLAS GemmEx and an epilogue kernel (no cuBLASLt: {why})"),
+        };
+        Ok(gpu)
     }
 
     /// Serializes the queuing of runs; also binds the context to this thread.

@@ -16,6 +16,7 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 pub const NAMES: &[&str] = &[
     "cast_any",
     "f32_to_half",
+    "f32_to_half4",
     "unary_f32",
     "unary_f64",
     "unary_i64",

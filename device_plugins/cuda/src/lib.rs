@@ -1,21 +1,25 @@
 //! The CUDA device plugin: NVIDIA GPUs behind rtserve's `Device` trait.
 //!
-//! GEMMs run on cuBLAS (f32, or bf16/f16 weights with f32 accumulation); every
-//! other op runs a CUDA C kernel of `kernels.cu`, compiled once per process by
-//! NVRTC when the first program is prepared; attention is one fused kernel.
+//! GEMMs run on cuBLAS (f32, or bf16/f16 weights with f32 accumulation);
+//! `linear` runs on cuBLASLt where it is installed, with the bias, ReLU, tanh
+//! GELU and residual fused into the product's epilogue. Every other op runs a
+//! CUDA C kernel of `kernels.cu`, compiled once per process by NVRTC when the
+//! first program is prepared; attention is one fused kernel.
 //! Constants are uploaded once (and shared between programs that hold the same
 //! weights); intermediates live in one device arena laid out by the program's
 //! memory plan.
 //!
-//! The driver, NVRTC and cuBLAS are opened at run time, so this crate builds and
-//! loads on machines without CUDA: the device is then registered as unavailable
-//! and its description says what is missing (`rt.devices()`).
+//! The driver, NVRTC, cuBLAS and cuBLASLt are opened at run time, so this crate
+//! builds and loads on machines without CUDA: the device is then registered as
+//! unavailable and its description says what is missing (`rt.devices()`).
+//! cuBLASLt is optional: without it `linear` runs on cuBLAS GemmEx.
 
 pub mod bench;
 mod executable;
 mod gemm;
 mod gpu;
 pub mod kernels;
+mod lt;
 mod ops;
 pub mod probe;
 
@@ -70,6 +74,14 @@ impl CudaDevice {
                 .map(Arc::new)
         });
         opened.clone().map_err(device_error)
+    }
+}
+
+impl CudaDevice {
+    /// How `linear` runs on this GPU, in words: cuBLASLt and the epilogues it
+    /// fuses, or cuBLAS GemmEx and why not cuBLASLt. Opens the GPU.
+    pub fn gemm_path(&self) -> Result<String> {
+        Ok(self.gpu()?.gemm_path.clone())
     }
 }
 

@@ -15,13 +15,20 @@ pub struct Found {
     pub memory_bytes: usize,
     /// The CUDA version the driver supports, as 13000 for 13.0.
     pub driver_version: i32,
+    /// libcublasLt.so.13 is there (`linear` with fused epilogues; optional).
+    pub cublaslt: bool,
 }
 
 impl Found {
     pub fn describe(&self) -> String {
         let (major, minor) = self.compute_capability;
+        let gemms = if self.cublaslt {
+            "cuBLAS/cuBLASLt GEMMs"
+        } else {
+            "cuBLAS GEMMs, no cuBLASLt"
+        };
         format!(
-            "{}, compute {major}.{minor}, {:.0} GiB, driver CUDA {}.{} (cuBLAS GEMMs, NVRTC kernels)",
+            "{}, compute {major}.{minor}, {:.0} GiB, driver CUDA {}.{} ({gemms}, NVRTC kernels)",
             self.name,
             self.memory_bytes as f64 / (1u64 << 30) as f64,
             self.driver_version / 1000,
@@ -30,7 +37,8 @@ impl Found {
     }
 }
 
-/// Looks for the driver, a GPU at `ordinal`, NVRTC and cuBLAS. cudarc panics
+/// Looks for the driver, a GPU at `ordinal`, NVRTC and cuBLAS (and notes
+/// whether cuBLASLt is there, which is optional). cudarc panics
 /// when a library or symbol is missing: that panic becomes the reason too.
 pub fn probe(ordinal: usize) -> Result<Found, String> {
     std::panic::catch_unwind(|| probe_unguarded(ordinal)).unwrap_or_else(|panic| {
@@ -87,10 +95,13 @@ fn probe_unguarded(ordinal: usize) -> Result<Found, String> {
             "{name} found, but libcublas.so.13 (cuBLAS, which runs the GEMMs) is missing: {LIBRARY_HINT}"
         ));
     }
+    // SAFETY: as above. Optional: without it `linear` runs on cuBLAS GemmEx.
+    let cublaslt = unsafe { cudarc::cublaslt::sys::is_culib_present() };
     Ok(Found {
         name,
         compute_capability,
         memory_bytes,
         driver_version,
+        cublaslt,
     })
 }
