@@ -12,6 +12,13 @@ A Rust core (tensors, weight formats, kernels) with a thin Python layer::
 
 from __future__ import annotations
 
+import os as _os
+
+# Mesa's Vulkan device-select layer prints "XDG_RUNTIME_DIR is invalid" on headless machines
+# when the wgpu device looks for an adapter; it only reorders GPUs, which wgpu does itself.
+if "XDG_RUNTIME_DIR" not in _os.environ:
+    _os.environ.setdefault("NODEVICE_SELECT", "1")
+
 from ._core import (
     DTYPES,
     CancelledError,

@@ -97,6 +97,8 @@ fn _debug_panic(py: Python<'_>, detach: bool) -> PyResult<()> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Plugins register at import; one that cannot run here is listed as unavailable.
     rtserve_cuda::register();
+    #[cfg(feature = "wgpu")]
+    rtserve_wgpu::register();
     errors::register(m)?;
     m.add_class::<PyTensor>()?;
     m.add_function(wrap_pyfunction!(tensor, m)?)?;
