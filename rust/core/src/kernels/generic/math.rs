@@ -13,6 +13,10 @@
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// e^x. Overflows to +inf above ~88.72, reaches 0 (through subnormals) below ~-103.9.
+///
+/// The polynomials here and in `erf_f32` use `mul_add`: inlined into a SIMD tier's
+/// `#[target_feature(enable = "...,fma")]` loop it is one FMA per step (Rust does not contract
+/// `a * b + c` on its own); in the generic tier it is a correctly rounded libm `fmaf`.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     // Clamp with comparisons (not f32::min/max) so that NaN flows through.
@@ -23,12 +27,12 @@ pub fn exp_f32(x: f32) -> f32 {
     // ln 2 split in two so that n * C1 is exact (Cody-Waite).
     let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let y = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let y = (p * r).mul_add(r, r) + 1.0;
     // 2^n in two factors so that n in [-151, 128] stays representable per factor.
     // n as an integer from the bits of the shifted sum (its low mantissa bits hold n):
     // `n as i32` is a saturating cast that LLVM cannot vectorize, so every SIMD caller
@@ -113,25 +117,25 @@ pub fn erf_f32(x: f32) -> f32 {
     // |x| <= 1: erf(x) = x * P(x^2).
     let z = x * x;
     let mut p = 7.914_315_7e-5_f32;
-    p = p * z - 8.028_627e-4;
-    p = p * z + 5.190_456_4e-3;
-    p = p * z - 2.685_496_5e-2;
-    p = p * z + 1.128_361_4e-1;
-    p = p * z - 3.761_262_9e-1;
-    p = p * z + 1.128_379_2;
+    p = p.mul_add(z, -8.028_627e-4);
+    p = p.mul_add(z, 5.190_456_4e-3);
+    p = p.mul_add(z, -2.685_496_5e-2);
+    p = p.mul_add(z, 1.128_361_4e-1);
+    p = p.mul_add(z, -3.761_262_9e-1);
+    p = p.mul_add(z, 1.128_379_2);
     let small = x * p;
     // 1 < |x| < 4: erf(|x|) = 1 - exp(-x^2) * Q(1/|x|); beyond 4 it rounds to 1.
     let ac = if a > 4.0 { 4.0 } else { a };
     let ac = if ac < 1.0 { 1.0 } else { ac };
     let t = 1.0 / ac;
     let mut q = -1.802_991_7e-2_f32;
-    q = q * t + 1.217_254_4e-1;
-    q = q * t - 3.565_343_9e-1;
-    q = q * t + 5.784_000_2e-1;
-    q = q * t - 5.075_488_3e-1;
-    q = q * t + 5.157_875_7e-2;
-    q = q * t + 5.576_348e-1;
-    q = q * t + 3.577_859_7e-4;
+    q = q.mul_add(t, 1.217_254_4e-1);
+    q = q.mul_add(t, -3.565_343_9e-1);
+    q = q.mul_add(t, 5.784_000_2e-1);
+    q = q.mul_add(t, -5.075_488_3e-1);
+    q = q.mul_add(t, 5.157_875_7e-2);
+    q = q.mul_add(t, 5.576_348e-1);
+    q = q.mul_add(t, 3.577_859_7e-4);
     let big = 1.0 - exp_f32(-(ac * ac)) * q;
     let big = if a >= 4.0 { 1.0 } else { big };
     let big = if x < 0.0 { -big } else { big };
