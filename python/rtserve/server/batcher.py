@@ -1,4 +1,4 @@
-"""Embedding micro-batching: per encoder model, one queue and one worker task.
+"""Embedding micro-batching: per encoder model, one queue and one worker thread.
 
 Requests put their texts (or token ids) on the model's queue; the worker takes the waiting
 requests in order while their tokens fit ``max_batch_tokens`` (always at least one; texts
@@ -14,6 +14,7 @@ round trip to a worker thread. More than ``max_queue`` waiting requests: 429 wit
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ class _Job:
     future: asyncio.Future[np.ndarray]
     #: cut texts longer than the model takes, instead of refusing the request
     truncate: bool = False
+    #: the event loop that waits for ``future``
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 def estimate_tokens(text: str, max_length: int) -> int:
@@ -81,6 +84,34 @@ class EmbedBatcher(QueueWorker[_Job]):
         self.max_batch_tokens = max_batch_tokens
         self.observe = observe
         self.busy = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # The worker is a thread of its own, not a task of the event loop: when a model call ends
+    # the next one starts at once with the requests that queued meanwhile, instead of waiting
+    # for the event loop to get round to the worker while it sends the last call's responses.
+
+    def _push(self, job: _Job) -> None:
+        job.loop = asyncio.get_running_loop()
+        with self._cond:
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def _ensure_worker(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._serve, name=f"rtserve-batcher-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Refuses new requests (503); the thread ends once the waiting ones have run."""
+        with self._cond:
+            self.closing = True
+            self._cond.notify_all()
+
+    async def wait_stopped(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await run_in_threadpool(thread.join)
 
     async def submit(self, items: list[Encoded]) -> np.ndarray:
         """The vectors of tokenized ``items`` [len(items), dim]; 429 ApiError when the queue is full."""
@@ -102,9 +133,9 @@ class EmbedBatcher(QueueWorker[_Job]):
         assert job.items is not None
         return vectors, job.items
 
-    def _tokenize(self, pending: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
+    def _tokenize(self, pending: list[_Job]) -> None:
         """Tokenizes the jobs' texts in one call (cut one token past the model's length, to see
-        which are too long); a job that breaks a limit is failed (on ``loop``) and left with
+        which are too long); a job that breaks a limit is failed (on its loop) and left with
         no items."""
         assert self.tokenize is not None
         limit = self.max_length
@@ -125,7 +156,7 @@ class EmbedBatcher(QueueWorker[_Job]):
                     param="input",
                     code="input_too_long",
                 )
-                loop.call_soon_threadsafe(_fail, job.future, error)
+                _post(job, _fail, error)
                 continue
             if long:
                 cut = self.tokenize([texts[i] for i in long], limit)
@@ -140,18 +171,18 @@ class EmbedBatcher(QueueWorker[_Job]):
                     param="input",
                     code="request_too_large",
                 )
-                loop.call_soon_threadsafe(_fail, job.future, error)
+                _post(job, _fail, error)
                 continue
             job.items = items
             job.tokens = tokens
 
-    def _run_jobs(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> np.ndarray:
+    def _run_jobs(self, jobs: list[_Job]) -> np.ndarray:
         """In the worker thread: tokenizes the jobs' texts in one call and runs the model once;
-        each job is answered (on ``loop``) as soon as the model's batches have done its rows,
+        each job is answered (on its loop) as soon as the model's batches have done its rows,
         so responses go out while the rest of the call computes."""
         pending = [job for job in jobs if job.items is None]
         if pending:
-            self._tokenize(pending, loop)
+            self._tokenize(pending)
         jobs = [job for job in jobs if job.items is not None]
         owner: list[int] = []  # item index -> job index
         bounds: list[tuple[int, int]] = []
@@ -166,7 +197,7 @@ class EmbedBatcher(QueueWorker[_Job]):
                 left[j] -= 1
                 if left[j] == 0:
                     start, end = bounds[j]
-                    loop.call_soon_threadsafe(_answer, jobs[j].future, out[start:end].copy())
+                    _post(jobs[j], _answer, out[start:end].copy())
 
         return self.run([item for job in jobs for item in job.items or ()], on_rows)
 
@@ -179,24 +210,23 @@ class EmbedBatcher(QueueWorker[_Job]):
             jobs.append(job)
         return [job for job in jobs if not job.future.done()]  # done: the client went away
 
-    async def _work(self) -> None:
-        assert self._wakeup is not None
+    def _serve(self) -> None:
+        """The worker thread: takes the waiting requests, runs them, answers on their loops."""
         while True:
-            while not self._waiting:
-                if self.closing:
+            with self._cond:
+                while not self._waiting and not self.closing:
+                    self._cond.wait()
+                if not self._waiting:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            jobs = self._take()
+                jobs = self._take()
+                self.busy = bool(jobs)
             if not jobs:
                 continue
-            self.busy = True
             try:
-                vectors = await run_in_threadpool(self._run_jobs, jobs, asyncio.get_running_loop())
+                vectors = self._run_jobs(jobs)
             except Exception as error:  # the model failed: the requests not answered yet hear it
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
+                    _post(job, _fail, error)
                 continue
             finally:
                 self.busy = False
@@ -205,11 +235,22 @@ class EmbedBatcher(QueueWorker[_Job]):
             start = 0
             for job in jobs:  # jobs with no inputs, and any a run did not report
                 end = start + len(job.items or ())
-                _answer(job.future, vectors[start:end])
+                _post(job, _answer, vectors[start:end])
                 start = end
             del vectors
             if not self._waiting:  # drained: hand the batch's freed memory back
-                memory.trim()
+                _post(jobs[-1], lambda _future, _: memory.trim(), None)
+
+
+def _post(job: _Job, function: Callable[..., None], value: Any) -> None:
+    """Calls ``function(job.future, value)`` on the job's event loop (gone: nothing to answer)."""
+    loop = job.loop
+    if loop is None:
+        return
+    try:
+        loop.call_soon_threadsafe(function, job.future, value)
+    except RuntimeError:  # the loop is closed
+        pass
 
 
 def _answer(future: asyncio.Future[np.ndarray], vectors: np.ndarray) -> None:

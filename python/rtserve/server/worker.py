@@ -51,6 +51,10 @@ class QueueWorker(Generic[Job]):
                 code="queue_full",
                 headers={"Retry-After": "1"},
             )
+        self._push(job)
+
+    def _push(self, job: Job) -> None:
+        """Puts an admitted job on the queue and wakes the worker."""
         self._waiting.append(job)
         assert self._wakeup is not None
         self._wakeup.set()
