@@ -1,7 +1,7 @@
 """Served models by name: each loads on first use (``rt.load``), one load at a time.
 
 An encoder's requests go through its :class:`~.batcher.EmbedBatcher`, a decoder's through
-its :class:`~.scheduler.DecodeScheduler` (one queue and one worker task per model; model
+its :class:`~.scheduler.DecodeScheduler` (one queue per model, served by a worker thread or task; model
 calls run in a worker thread and release the GIL, so the event loop never waits on a model).
 
 Memory: with a ``memory_budget`` (bytes), loading a model that does not fit first unloads
