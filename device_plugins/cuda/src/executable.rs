@@ -30,9 +30,6 @@ pub struct CudaExecutable {
     /// (the weight cache's key) stays this tensor's while the copy is used.
     consts: Vec<Option<(Arc<GpuBuffer>, Tensor)>>,
     aux: Vec<NodeAux>,
-    needed: Vec<bool>,
-    last_use: Vec<Option<usize>>,
-    is_output: Vec<bool>,
     symbols: Vec<String>,
     has_embedding: bool,
     plans: Mutex<HashMap<Vec<usize>, Arc<MemoryPlan>>>,
@@ -43,32 +40,13 @@ impl CudaExecutable {
     pub fn new(gpu: Arc<Gpu>, program: &Compiled) -> Result<CudaExecutable> {
         let nodes = program.nodes();
         let n = nodes.len();
-        let mut needed = vec![false; n];
-        let mut is_output = vec![false; n];
-        for (_, v) in program.output_values() {
-            needed[*v] = true;
-            is_output[*v] = true;
-        }
-        for id in (0..n).rev() {
-            if needed[id] {
-                for &i in &nodes[id].inputs {
-                    needed[i] = true;
-                }
-            }
-        }
-        let mut last_use = vec![None; n];
-        for (id, node) in nodes.iter().enumerate().filter(|(id, _)| needed[*id]) {
-            for &i in &node.inputs {
-                last_use[i] = Some(id);
-            }
-        }
         let _guard = gpu.lock()?;
         let mut consts = Vec::with_capacity(n);
         let mut aux = Vec::with_capacity(n);
         for (id, node) in nodes.iter().enumerate() {
             let mut node_aux = NodeAux::default();
             let mut constant = None;
-            if needed[id] {
+            if program.is_needed(id) {
                 let dtype = node
                     .inputs
                     .first()
@@ -111,16 +89,13 @@ impl CudaExecutable {
         Ok(CudaExecutable {
             has_embedding: nodes
                 .iter()
-                .zip(&needed)
-                .any(|(n, &live)| live && matches!(n.op, Op::Embedding)),
+                .enumerate()
+                .any(|(id, n)| program.is_needed(id) && matches!(n.op, Op::Embedding)),
             symbols: program.symbols(),
             gpu: gpu.clone(),
             program: program.clone(),
             consts,
             aux,
-            needed,
-            last_use,
-            is_output,
             plans: Mutex::new(HashMap::new()),
             arena: Mutex::new(None),
         })
@@ -170,7 +145,7 @@ impl Executable for CudaExecutable {
         let nodes = self.program.nodes();
         let mut values: Vec<Option<DVal>> = vec![None; nodes.len()];
         for (id, node) in nodes.iter().enumerate() {
-            if !self.needed[id] {
+            if !self.program.is_needed(id) {
                 continue;
             }
             cancel.check()?;
@@ -235,7 +210,7 @@ impl Executable for CudaExecutable {
             };
             values[id] = Some(value);
             for &i in &node.inputs {
-                if self.last_use[i] == Some(id) && !self.is_output[i] {
+                if self.program.last_use(i) == Some(id) && !self.program.is_output(i) {
                     values[i] = None;
                 }
             }

@@ -23,9 +23,6 @@ pub struct WgpuExecutable {
     /// Each needed constant's device copy.
     consts: Vec<Option<DVal>>,
     aux: Vec<NodeAux>,
-    needed: Vec<bool>,
-    last_use: Vec<Option<usize>>,
-    is_output: Vec<bool>,
     pool: Arc<Pool>,
 }
 
@@ -42,30 +39,11 @@ impl WgpuExecutable {
     pub fn new(gpu: Arc<Gpu>, program: &Compiled) -> Result<WgpuExecutable> {
         let nodes = program.nodes();
         let n = nodes.len();
-        let mut needed = vec![false; n];
-        let mut is_output = vec![false; n];
-        for (_, v) in program.output_values() {
-            needed[*v] = true;
-            is_output[*v] = true;
-        }
-        for id in (0..n).rev() {
-            if needed[id] {
-                for &i in &nodes[id].inputs {
-                    needed[i] = true;
-                }
-            }
-        }
-        let mut last_use = vec![None; n];
-        for (id, node) in nodes.iter().enumerate().filter(|(id, _)| needed[*id]) {
-            for &i in &node.inputs {
-                last_use[i] = Some(id);
-            }
-        }
         // Every op is checked before anything is uploaded: no silent fallback.
         for (id, node) in nodes
             .iter()
             .enumerate()
-            .filter(|(id, n)| needed[*id] && !n.op.is_external())
+            .filter(|(id, n)| program.is_needed(*id) && !n.op.is_external())
         {
             let dtype = input_dtype(program, id);
             let f64_anywhere = node.out.dtype == DType::F64
@@ -91,7 +69,7 @@ impl WgpuExecutable {
             for (id, node) in nodes.iter().enumerate() {
                 let mut node_aux = NodeAux::default();
                 let mut constant = None;
-                if needed[id] {
+                if program.is_needed(id) {
                     match &node.op {
                         Op::Constant(t) => constant = Some(upload(&gpu, t)?),
                         Op::MaskedFill { value } => {
@@ -109,9 +87,6 @@ impl WgpuExecutable {
                 program: program.clone(),
                 consts,
                 aux,
-                needed,
-                last_use,
-                is_output,
                 pool: Arc::new(Pool::default()),
             })
         })
@@ -145,7 +120,7 @@ impl Executable for WgpuExecutable {
             // Inputs first: queued writes land before any of the run's work, so
             // they must not go to a buffer that earlier work still reads.
             for (id, node) in nodes.iter().enumerate() {
-                if let (Op::Input { name }, true) = (&node.op, self.needed[id]) {
+                if let (Op::Input { name }, true) = (&node.op, self.program.is_needed(id)) {
                     let t = inputs
                         .get(name)
                         .ok_or_else(|| Error::Internal(format!("input '{name}' vanished")))?;
@@ -160,7 +135,7 @@ impl Executable for WgpuExecutable {
                 }
             }
             for (id, node) in nodes.iter().enumerate() {
-                if !self.needed[id] || matches!(node.op, Op::Input { .. }) {
+                if !self.program.is_needed(id) || matches!(node.op, Op::Input { .. }) {
                     continue;
                 }
                 cancel.check()?;
@@ -197,7 +172,7 @@ impl Executable for WgpuExecutable {
                 };
                 values[id] = Some(value);
                 for &i in &node.inputs {
-                    if self.last_use[i] == Some(id) && !self.is_output[i] {
+                    if self.program.last_use(i) == Some(id) && !self.program.is_output(i) {
                         values[i] = None;
                     }
                 }

@@ -140,28 +140,19 @@ impl Recorder<'_> {
     }
 }
 
+/// The core's row-major strides, as the kernels' 64-bit integers.
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
-    let mut s = vec![0i64; shape.len()];
-    let mut acc = 1i64;
-    for d in (0..shape.len()).rev() {
-        s[d] = acc;
-        acc *= shape[d] as i64;
-    }
-    s
+    rtserve_core::shape::contiguous_strides(shape)
+        .into_iter()
+        .map(|s| s as i64)
+        .collect()
 }
 
-/// Strides reading `shape` broadcast (numpy, right-aligned) to `out`.
+/// The core's broadcast strides (numpy, right-aligned), as the kernels' 64-bit integers.
 fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<i64> {
-    let own = contiguous_strides(shape);
-    let lead = out.len() - shape.len();
-    (0..out.len())
-        .map(|d| {
-            if d < lead || shape[d - lead] == 1 {
-                0
-            } else {
-                own[d - lead]
-            }
-        })
+    rtserve_core::shape::broadcast_strides(shape, out)
+        .into_iter()
+        .map(|s| s as i64)
         .collect()
 }
 

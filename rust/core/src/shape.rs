@@ -21,6 +21,23 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
     strides
 }
 
+/// Strides (in elements) that read a contiguous tensor of `shape` broadcast to `out`
+/// (numpy rules, right-aligned): new leading and size-1 dims get stride 0. `shape` must
+/// broadcast to `out` (checked where the graph was built).
+pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<isize> {
+    let own = contiguous_strides(shape);
+    let lead = out.len() - shape.len();
+    (0..out.len())
+        .map(|d| {
+            if d < lead || shape[d - lead] == 1 {
+                0
+            } else {
+                own[d - lead]
+            }
+        })
+        .collect()
+}
+
 /// Resolves one `-1` in a requested shape against `numel` elements.
 pub fn infer_reshape(op: &str, from: &[usize], to: &[isize]) -> Result<Vec<usize>> {
     let total = numel(from)?;

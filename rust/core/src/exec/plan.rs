@@ -155,6 +155,22 @@ impl Compiled {
         &self.nodes
     }
 
+    /// Whether node `id` contributes to some output (a device need not run the others).
+    pub fn is_needed(&self, id: ValueId) -> bool {
+        self.needed[id]
+    }
+
+    /// The last needed node that reads value `id` (after it, the value's memory is free);
+    /// None when no needed node reads it.
+    pub fn last_use(&self, id: ValueId) -> Option<usize> {
+        self.last_use[id]
+    }
+
+    /// Whether value `id` is one of the graph's outputs.
+    pub fn is_output(&self, id: ValueId) -> bool {
+        self.is_output[id]
+    }
+
     /// (name, type) of each input.
     pub fn inputs(&self) -> impl Iterator<Item = (&str, &TensorType)> {
         self.inputs
