@@ -341,7 +341,7 @@ async def _infer_encoder(
 
 
 async def _infer_decoder(request: Request, body: dict[str, Any], entry: Any, model: DecoderModel, inputs: dict[str, Any]) -> list[_Output]:
-    from .openai import _keep_last, _new_sequences, _sampling
+    from .openai import _count_generated, _keep_last, _new_sequences, _sampling
 
     texts, arrays = _texts_or_ids(inputs, ("input_ids", "attention_mask"))
     if texts is None:
@@ -366,9 +366,7 @@ async def _infer_decoder(request: Request, body: dict[str, Any], entry: Any, mod
         await job.wait()
     finally:
         job.cancel()
-        metrics = getattr(request.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.generated_tokens.labels(entry.name).inc(sum(len(s.token_ids) for s in sequences))
+        _count_generated(request, entry, sequences)
     return [_Output(_TEXT_OUTPUT, "BYTES", [s.text for s in sequences])]
 
 
