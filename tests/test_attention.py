@@ -187,3 +187,43 @@ def test_bad_shapes_and_dtypes_raise():
     with pytest.raises(rt.DTypeError, match="attention"):
         attention(q, q, q, mask=np.ones((1, 4), dtype=np.float32))
     assert issubclass(rt.ShapeError, ValueError) and issubclass(rt.DTypeError, TypeError)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 140), min_size=1, max_size=6),
+    head_dim=st.sampled_from([1, 16, 33, 64]),
+    heads_kv=st.integers(1, 2),
+    ratio=st.sampled_from([1, 3]),
+    causal=st.booleans(),
+    masked=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_segments_equal_each_sequence_alone(isa, lengths, head_dim, heads_kv, ratio, causal, masked, seed):
+    """Packed sequences (``segments`` offsets, batch 1) give each sequence what it gets alone."""
+    rng = np.random.default_rng(seed)
+    total, heads_q = sum(lengths), heads_kv * ratio
+    q = rng.standard_normal((1, total, heads_q, head_dim), dtype=np.float32)
+    k = rng.standard_normal((1, total, heads_kv, head_dim), dtype=np.float32)
+    v = rng.standard_normal((1, total, heads_kv, head_dim), dtype=np.float32)
+    mask = rng.random((1, total)) < 0.8 if masked else None
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    want = np.zeros((1, total, heads_q, head_dim))
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        part = None if mask is None else mask[:, a:b]
+        want[:, a:b] = reference(q[:, a:b], k[:, a:b], v[:, a:b], causal=causal, mask=part)
+    check(attention(q, k, v, causal=causal, mask=mask, segments=offsets), want)
+
+
+def test_bad_segments_raise():
+    q = np.zeros((1, 6, 2, 8), dtype=np.float32)
+    for offsets in ([0, 2, 5], [1, 6], [0, 4, 2, 6], [6]):
+        with pytest.raises(rt.ShapeError, match="segments"):
+            attention(q, q, q, segments=np.array(offsets, dtype=np.int64))
+    with pytest.raises(rt.DTypeError, match="segments"):
+        attention(q, q, q, segments=np.array([0.0, 6.0], dtype=np.float32))
+    with pytest.raises(rt.ShapeError, match="batch 1"):
+        two = np.zeros((2, 3, 2, 8), dtype=np.float32)
+        attention(two, two, two, segments=np.array([0, 3]))
+    with pytest.raises(rt.ShapeError, match="seq_q == seq_k"):
+        attention(q[:, :2], q, q, segments=np.array([0, 2]))

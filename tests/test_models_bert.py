@@ -333,3 +333,67 @@ def test_embed_is_the_same_however_the_batches_are_cut(minilm):
     together = minilm.embed(texts, batch_size=64)
     one_by_one = np.concatenate([minilm.embed([t]) for t in texts])
     np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+# --- packed sequences ----------------------------------------------------------------
+
+from rtserve.models import bert  # noqa: E402
+from rtserve.models.encoder import EncoderModel, packed_batches, pool, pool_packed  # noqa: E402
+from rtserve.models.hf import Weights  # noqa: E402
+
+
+def _padded_twin(model: EncoderModel) -> EncoderModel:
+    """The same model compiled from the padded graph (the form other devices run)."""
+    weights = Weights(model.folder, prefixes=("bert.", ""))
+    compiled = bert.build_graph(model.config, weights, model.dtype).compile()
+    twin = EncoderModel(
+        folder=model.folder, config=model.config, sentence=model.sentence, tokenizer=model.tokenizer,
+        compiled=compiled, dtype=model.dtype, device="cpu", has_token_types="token_type_ids" in compiled.inputs,
+    )
+    assert not twin.packed
+    return twin
+
+
+def test_cpu_encoders_run_packed_and_agree_with_the_padded_graph(minilm):
+    """On the CPU an encoder packs texts of different lengths into one row (no padding);
+    its vectors and forward() outputs equal the padded graph's."""
+    assert minilm.packed
+    padded = _padded_twin(minilm)
+    texts = ["short", "a somewhat longer sentence about nothing much at all", "x " * 90, "", "mid length text here"]
+    np.testing.assert_allclose(minilm.embed(texts), padded.embed(texts), rtol=1e-5, atol=2e-6)
+    batch = minilm.tokenize(texts)
+    got = minilm.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    want = padded.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)  # padded positions included
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "last", "max", "mean_sqrt_len"])
+def test_pool_packed_equals_pool_of_the_padded_batch(mode):
+    rng = np.random.default_rng(0)
+    lengths = [3, 1, 7, 2]
+    seq, dim = max(lengths), 5
+    hidden = rng.standard_normal((len(lengths), seq, dim), dtype=np.float32)
+    mask = np.array([[1] * n + [0] * (seq - n) for n in lengths])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    packed = np.concatenate([hidden[i, :n] for i, n in enumerate(lengths)])
+    got = pool_packed(mode, packed, np.ones(len(packed), dtype=np.int64), offsets)
+    np.testing.assert_allclose(got, pool(mode, hidden, mask), rtol=1e-6, atol=1e-6)
+    # an empty text (token ids sent as []) pools to zeros
+    with_empty = pool_packed(mode, packed, np.ones(len(packed)), np.array([0, 3, 3, 4, 11, 13]))
+    assert not with_empty[1].any() and np.allclose(with_empty[[0, 2, 3, 4]], got)
+
+
+@given(
+    st.lists(st.integers(1, 300), max_size=200),
+    st.one_of(st.none(), st.integers(1, 70)),
+    st.one_of(st.none(), st.integers(1, 9000)),
+)
+def test_packed_batches_cover_every_input_within_the_limits(lengths, batch_size, budget):
+    batches = packed_batches(lengths, batch_size, budget, hidden=384)
+    assert [i for s, e in batches for i in range(s, e)] == list(range(len(lengths)))  # in order, each once
+    for start, end in batches:
+        assert end > start
+        if batch_size is not None:
+            assert end - start <= batch_size
+        if budget is not None and end - start > 1:
+            assert sum(lengths[start:end]) <= budget

@@ -202,13 +202,18 @@ def attention(
     causal: bool = False,
     scale: float | None = None,
     mask: ArrayLike | None = None,
+    segments: ArrayLike | None = None,
 ) -> Tensor:
     """Fused softmax(q kᵀ·scale + mask) v; q [b, sq, hq, d], k [b, sk, hkv, d], v [b, sk, hkv, dv] -> f32 [b, sq, hq, dv].
 
     Grouped-query heads (hq a multiple of hkv); causal is bottom-right aligned (query i sees key j
     iff j <= i + sk - sq); scale defaults to 1/sqrt(d); mask [b, sk], bool/int, nonzero = attend;
     rows that attend nothing are zeros. f16/bf16 inputs are converted to f32. Memory O(seq).
-    Example: ``rt.attention(q, k, v, causal=True)``
+    segments packs sequences of different lengths into one (FlashAttention's cu_seqlens):
+    integer offsets [n + 1] from 0 to seq, batch 1 and sq == sk; rows o[i]:o[i+1] attend only
+    each other (causal counted from o[i]).
+    Example: ``rt.attention(q, k, v, causal=True)``;
+    ``rt.attention(q, k, v, segments=[0, 5, 12])`` (two sequences of 5 and 7 tokens)
     """
 
 # --- graph -------------------------------------------------------------------
@@ -301,10 +306,13 @@ class Graph:
         causal: bool = False,
         scale: float | None = None,
         key_padding_mask: ValueLike | None = None,
+        segments: ValueLike | None = None,
     ) -> Value:
         """Fused attention, BSHD layout; result f32 [batch, seq_q, heads_q, head_dim_v].
 
-        key_padding_mask is [batch, seq_k], bool or integer, nonzero = attend.
+        key_padding_mask is [batch, seq_k], bool or integer, nonzero = attend. segments (integer
+        offsets [n + 1]) packs sequences along seq, as in ``rt.attention``; CPU only so far (the
+        cuda and wgpu devices refuse it with UnsupportedError).
         """
     def embedding(self, weight: ValueLike, ids: ValueLike) -> Value: ...
     def reshape(self, x: ValueLike, shape: Sequence[Dim]) -> Value:

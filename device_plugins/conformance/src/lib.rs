@@ -256,7 +256,7 @@ fn cases() -> Result<Vec<Case>> {
                 random(&[2, 13, 2, 8], 19)?,
             ],
             1e-5,
-            move |g, x| g.attention(x[0], x[1], x[2], causal, None, None),
+            move |g, x| g.attention(x[0], x[1], x[2], causal, None, None, None),
         ));
         out.push(case(
             format!("attention key_padding_mask bool causal={causal}"),
@@ -267,7 +267,7 @@ fn cases() -> Result<Vec<Case>> {
                 flags(&[2, 13], |i| i % 13 < 10 - 3 * (i / 13))?,
             ],
             1e-5,
-            move |g, x| g.attention(x[0], x[1], x[2], causal, Some(0.3), Some(x[3])),
+            move |g, x| g.attention(x[0], x[1], x[2], causal, Some(0.3), Some(x[3]), None),
         ));
     }
     let int_mask: Vec<i32> = (0..3 * 5).map(|i| i32::from(i % 5 != 1) * 7).collect();
@@ -280,7 +280,7 @@ fn cases() -> Result<Vec<Case>> {
             Tensor::from_slice(&int_mask, &[3, 5])?,
         ],
         1e-5,
-        |g, x| g.attention(x[0], x[1], x[2], false, None, Some(x[3])),
+        |g, x| g.attention(x[0], x[1], x[2], false, None, Some(x[3]), None),
     ));
     let ids = Tensor::from_slice(&[3i64, 0, 6, 6, 1], &[5])?;
     out.push(case(

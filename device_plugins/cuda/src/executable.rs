@@ -54,7 +54,7 @@ impl CudaExecutable {
                 if !ops::supports(&node.op, dtype) {
                     return Err(Error::Unsupported(format!(
                         "cuda device: {} on {dtype} (node %{id})",
-                        node.op.name()
+                        node.op.described()
                     )));
                 }
                 match &node.op {

@@ -249,6 +249,10 @@ fn native_suffix(d: DType) -> Option<&'static str> {
 pub fn supports(op: &Op, dtype: DType) -> bool {
     match op {
         Op::Input { .. } | Op::Constant(_) => true,
+        // Packed sequences (attention segments) run on the CPU only so far.
+        Op::Attention {
+            has_segments: true, ..
+        } => false,
         Op::Embedding
         | Op::Reshape { .. }
         | Op::Transpose { .. }
@@ -426,9 +430,15 @@ pub fn execute(
             })
         }
         Op::Attention {
+            has_segments: true, ..
+        } => Err(unsupported(
+            "attention over packed sequences (segments) is not implemented on this device".into(),
+        )),
+        Op::Attention {
             causal,
             scale,
             has_key_padding_mask,
+            has_segments: false,
         } => attention(
             gpu,
             arg(0)?,

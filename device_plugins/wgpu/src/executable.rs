@@ -53,8 +53,8 @@ impl WgpuExecutable {
                     .any(|&i| nodes[i].out.dtype == DType::F64);
             if !ops::supports(&node.op, dtype) || f64_anywhere {
                 return Err(Error::Unsupported(format!(
-                    "wgpu device: {} on {} (node %{id}); the wgpu device has no f64 and no integer arithmetic",
-                    node.op.name(),
+                    "wgpu device: {} on {} (node %{id}); the wgpu device has no f64, no integer arithmetic and no packed-sequence attention",
+                    node.op.described(),
                     if f64_anywhere { DType::F64 } else { dtype }
                 )));
             }

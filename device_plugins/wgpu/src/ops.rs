@@ -54,6 +54,10 @@ pub fn supports(op: &Op, dtype: DType) -> bool {
     }
     match op {
         Op::Input { .. } | Op::Constant(_) => true,
+        // Packed sequences (attention segments) run on the CPU only so far.
+        Op::Attention {
+            has_segments: true, ..
+        } => false,
         Op::Embedding
         | Op::Reshape { .. }
         | Op::Transpose { .. }
@@ -454,9 +458,15 @@ pub fn execute(
             })
         }
         Op::Attention {
+            has_segments: true, ..
+        } => Err(unsupported(
+            "attention over packed sequences (segments) is not implemented on this device".into(),
+        )),
+        Op::Attention {
             causal,
             scale,
             has_key_padding_mask,
+            has_segments: false,
         } => attention(
             rec,
             [arg(0)?, arg(1)?, arg(2)?],

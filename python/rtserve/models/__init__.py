@@ -56,8 +56,10 @@ def load(
     if dtype == "auto":
         probe = weights.get("encoder.layer.0.attention.self.query.weight", (cfg.hidden_size, cfg.hidden_size))
         linear_dtype = "bf16" if probe.dtype == "bf16" else "f32"
-    graph = bert.build_graph(cfg, weights, linear_dtype)
-    compiled = graph.compile(device=device)
+    try:  # packed sequences (no padding) where the device's attention takes them
+        compiled = bert.build_graph(cfg, weights, linear_dtype, packed=True).compile(device=device)
+    except UnsupportedError:
+        compiled = bert.build_graph(cfg, weights, linear_dtype).compile(device=device)
     has_types = "token_type_ids" in compiled.inputs
     return EncoderModel(
         folder=folder,

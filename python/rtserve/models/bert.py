@@ -7,6 +7,13 @@
   ``position_ids`` int64 ``[seq]`` (absolute positions 0..seq-1);
 - output ``last_hidden_state`` f32 ``[batch, seq, hidden]``.
 
+With ``packed=True`` the graph runs texts of different lengths in one row with no
+padding: batch is 1, the texts' tokens follow each other along seq, ``position_ids``
+holds each token's position within its own text, and the extra input ``segments``
+(int64 offsets ``[n + 1]``, FlashAttention's ``cu_seqlens``) tells attention where
+each text starts, so a text attends only its own tokens. The linear layers then see
+only real tokens, however mixed the lengths are.
+
 Each layer is the Hugging Face ``BertLayer``: Q/K/V projections, fused attention with
 the key padding mask, output projection + residual + LayerNorm, then the MLP
 (``hidden_act``) + residual + LayerNorm. The graph compiler fuses bias, activation and
@@ -111,8 +118,9 @@ def check_architecture(config: dict[str, Any], path: Path) -> None:
     )
 
 
-def build_graph(config: BertConfig, weights: Weights, linear_dtype: str = "f32") -> Graph:
-    """The encoder as a graph; linear weights in ``linear_dtype`` (f32 or bf16)."""
+def build_graph(config: BertConfig, weights: Weights, linear_dtype: str = "f32", packed: bool = False) -> Graph:
+    """The encoder as a graph; linear weights in ``linear_dtype`` (f32 or bf16); ``packed``:
+    the packed-sequence form (see the module docstring)."""
     c = config
     h, inter = c.hidden_size, c.intermediate_size
     g = Graph()
@@ -134,6 +142,7 @@ def build_graph(config: BertConfig, weights: Weights, linear_dtype: str = "f32")
     ids = g.input("input_ids", ("batch", "seq"), "i64")
     mask = g.input("attention_mask", ("batch", "seq"), "i64")
     positions = g.input("position_ids", ("seq",), "i64")
+    segments = g.input("segments", ("segments",), "i64") if packed else None
     x = g.embedding(const("embeddings.word_embeddings.weight", (c.vocab_size, h)), ids)
     x = g.add(x, g.embedding(const("embeddings.position_embeddings.weight", (c.max_position_embeddings, h)), positions))
     if c.type_vocab_size > 0 and weights.has("embeddings.token_type_embeddings.weight"):
@@ -147,7 +156,7 @@ def build_graph(config: BertConfig, weights: Weights, linear_dtype: str = "f32")
         q = g.reshape(linear(x, f"{p}.attention.self.query", h, h), heads)
         k = g.reshape(linear(x, f"{p}.attention.self.key", h, h), heads)
         v = g.reshape(linear(x, f"{p}.attention.self.value", h, h), heads)
-        a = g.reshape(g.attention(q, k, v, key_padding_mask=mask), ("batch", "seq", h))
+        a = g.reshape(g.attention(q, k, v, key_padding_mask=mask, segments=segments), ("batch", "seq", h))
         a = g.add(linear(a, f"{p}.attention.output.dense", h, h), x)
         x = layer_norm(a, f"{p}.attention.output.LayerNorm")
         m = linear(x, f"{p}.intermediate.dense", inter, h, activation=c.activation)

@@ -45,6 +45,9 @@ class EncoderModel:
         self.device = device
         self._has_token_types = has_token_types
         self._positions: np.ndarray = np.arange(config.max_position_embeddings, dtype=np.int64)
+        #: the graph takes packed sequences (bert.build_graph(packed=True)): texts of
+        #: different lengths run in one call with no padding
+        self.packed = "segments" in compiled.inputs
 
     @property
     def dim(self) -> int:
@@ -91,8 +94,15 @@ class EncoderModel:
             if types.shape != ids.shape:
                 raise ValueError(f"token_type_ids has shape {types.shape}, input_ids {ids.shape}")
             inputs["token_type_ids"] = types
-        if ids.shape[0] == 0 or seq == 0:
-            return np.zeros((ids.shape[0], seq, self.dim), dtype=np.float32)
+        batch = ids.shape[0]
+        if batch == 0 or seq == 0:
+            return np.zeros((batch, seq, self.dim), dtype=np.float32)
+        if self.packed:  # the rows one after another, each its own segment: the same sums
+            inputs = {name: a.reshape(1, -1) for name, a in inputs.items() if name != "position_ids"}
+            inputs["position_ids"] = np.tile(self._positions[:seq], batch)
+            inputs["segments"] = np.arange(0, batch * seq + 1, seq, dtype=np.int64)
+            hidden = self.compiled.run(inputs)["last_hidden_state"].numpy()
+            return hidden.reshape(batch, seq, self.dim)
         return self.compiled.run(inputs)["last_hidden_state"].numpy()
 
     def embed(
@@ -132,7 +142,8 @@ class EncoderModel:
         normalize = self.sentence.normalize if normalize is None else normalize
         order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
         lengths = [len(items[i].ids) for i in order]
-        for start, end in length_buckets(lengths, batch_size, max_batch_tokens, self.config.hidden_size):
+        cut = packed_batches if self.packed else length_buckets
+        for start, end in cut(lengths, batch_size, max_batch_tokens, self.config.hidden_size):
             rows = order[start:end]
             vectors = self.embed_tokens([items[i] for i in rows])
             if normalize:
@@ -143,11 +154,43 @@ class EncoderModel:
         return out
 
     def embed_tokens(self, items: list[Encoded]) -> np.ndarray:
-        """Pooled, unnormalized vectors of already tokenized texts, run as one padded batch
-        (``embed_encoded`` calls it per length-sorted batch)."""
+        """Pooled, unnormalized vectors of already tokenized texts, run as one call: packed
+        one after another where the graph takes packed sequences, else as one padded batch
+        (``embed_encoded`` calls it per batch)."""
+        if self.packed:
+            return self._embed_packed(items)
         batch = self.tokenizer.pad(items)
         hidden = self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
         return pool(self.sentence.pooling.mode, hidden, batch.attention_mask)
+
+    def _embed_packed(self, items: list[Encoded]) -> np.ndarray:
+        lengths = np.array([len(e.ids) for e in items], dtype=np.int64)
+        if len(items) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        longest = int(lengths.max())
+        if longest > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {longest} tokens is longer than the model's "
+                f"max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        offsets = np.zeros(len(items) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        if total == 0:
+            return np.zeros((len(items), self.dim), dtype=np.float32)
+        ids = np.fromiter((t for e in items for t in e.ids), dtype=np.int64, count=total)
+        mask = np.fromiter((t for e in items for t in e.attention_mask), dtype=np.int64, count=total)
+        inputs = {
+            "input_ids": ids.reshape(1, total),
+            "attention_mask": mask.reshape(1, total),
+            "position_ids": np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths),
+            "segments": offsets,
+        }
+        if self._has_token_types:
+            types = np.fromiter((t for e in items for t in e.type_ids), dtype=np.int64, count=total)
+            inputs["token_type_ids"] = types.reshape(1, total)
+        hidden = self.compiled.run(inputs)["last_hidden_state"].numpy().reshape(total, self.dim)
+        return pool_packed(self.sentence.pooling.mode, hidden, mask, offsets)
 
     def _limit(self, max_length: int | None) -> int:
         if max_length is None:
@@ -210,6 +253,60 @@ def length_buckets(
         size = -(-rows // calls)  # equal shares, not a full batch and a runt
         batches += [(b, min(b + size, end)) for b in range(start, end, size)]
     return batches
+
+
+def packed_batches(
+    lengths: Sequence[int], batch_size: int | None, max_batch_tokens: int | None, hidden: int
+) -> list[tuple[int, int]]:
+    """Cuts inputs (``lengths`` in order) into packed batches ``[start, end)`` of at most
+    ``batch_size`` inputs and ``max_batch_tokens`` tokens (one input always fits). Packed,
+    a batch costs its real tokens whatever their lengths, so batches are simply filled;
+    the calls are then evened out so the last is not a runt. (``hidden``: unused, the
+    signature of :func:`length_buckets`.)"""
+    del hidden
+    n = len(lengths)
+    rows_cap = n if batch_size is None else batch_size
+    cuts = []
+    start, tokens = 0, 0
+    for i, length in enumerate(lengths):
+        over_rows = i - start >= rows_cap
+        over_tokens = max_batch_tokens is not None and tokens + length > max_batch_tokens
+        if i > start and (over_rows or over_tokens):
+            cuts.append((start, i))
+            start, tokens = i, 0
+        tokens += length
+    if n:
+        cuts.append((start, n))
+    if len(cuts) > 1 and max_batch_tokens is None:
+        size = -(-n // len(cuts))  # equal shares by count when only rows limit a batch
+        cuts = [(b, min(b + size, n)) for b in range(0, n, size)]
+    return cuts
+
+
+def pool_packed(mode: str, hidden: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """:func:`pool` of packed sequences: ``hidden`` [tokens, dim], ``mask`` [tokens], text i
+    being rows ``offsets[i]:offsets[i+1]``; an empty text gets zeros."""
+    n, dim = len(offsets) - 1, hidden.shape[1]
+    out = np.zeros((n, dim), dtype=np.float32)
+    starts = offsets[:-1]
+    full = np.flatnonzero(offsets[1:] > starts)
+    if len(full) == 0:
+        return out
+    if mode == "cls":
+        out[full] = hidden[starts[full]]
+        return out
+    m = mask.astype(np.float32)[:, None]
+    count = np.add.reduceat(m[:, 0], starts[full])
+    if mode == "last":
+        out[full] = hidden[starts[full] + np.maximum(count.astype(np.int64) - 1, 0)]
+        return out
+    if mode == "max":
+        out[full] = np.maximum.reduceat(np.where(m > 0, hidden, np.float32(-1e9)), starts[full], axis=0)
+        return out
+    total = np.add.reduceat(hidden * m, starts[full], axis=0)
+    count = np.maximum(count, 1e-9)[:, None]
+    out[full] = total / (np.sqrt(count) if mode == "mean_sqrt_len" else count)
+    return out
 
 
 def pool(mode: str, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

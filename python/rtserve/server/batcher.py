@@ -3,9 +3,9 @@
 Requests put their texts (or token ids) on the model's queue; the worker takes the waiting
 requests in order while their tokens fit ``max_batch_tokens`` (always at least one; texts
 count by an estimate from their length until tokenized) and runs them as one call in a
-worker thread: the texts of all its requests tokenized in one batch call, then the inputs
-sorted by length and cut into buckets whose padded size fits the budget, pooled and
-normalized as ``EncoderModel.embed`` does. Each request gets its own rows (and its
+worker thread: the texts of all its requests tokenized in one batch call, then run as
+``EncoderModel.embed_encoded`` does (packed with no padding on the CPU, else sorted by length
+and cut into buckets whose padded size fits the budget), pooled and normalized. Each request gets its own rows (and its
 tokenized inputs, for usage counts) back. Tokenizing in the batch saves each request a
 round trip to a worker thread. More than ``max_queue`` waiting requests: 429 with
 ``Retry-After: 1``.

@@ -13,10 +13,13 @@ use crate::py_tensor::{to_tensor, PyTensor};
 /// f32, f16 or bf16); heads_q a multiple of heads_kv (grouped-query attention).
 /// `causal` is bottom-right aligned (query i sees key j iff j <= i + seq_k - seq_q);
 /// `scale` defaults to 1/sqrt(head_dim); `mask` is [batch, seq_k], bool or integer,
-/// nonzero = attend. Returns f32 [batch, seq_q, heads_q, head_dim_v]; rows that may
+/// nonzero = attend. `segments` packs sequences of different lengths into one
+/// (FlashAttention's `cu_seqlens`): integer offsets [n + 1] from 0 to seq, with batch 1
+/// and seq_q == seq_k; rows o[s]..o[s+1] attend only each other. Returns f32 [batch, seq_q, heads_q, head_dim_v]; rows that may
 /// attend no key are zeros. Releases the GIL.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, *, causal=false, scale=None, mask=None))]
+#[pyo3(signature = (q, k, v, *, causal=false, scale=None, mask=None, segments=None))]
+#[allow(clippy::too_many_arguments)]
 fn attention(
     py: Python<'_>,
     q: &Bound<'_, PyAny>,
@@ -25,6 +28,7 @@ fn attention(
     causal: bool,
     scale: Option<f32>,
     mask: Option<&Bound<'_, PyAny>>,
+    segments: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTensor> {
     guard(|| {
         let (q, k, v) = (
@@ -36,6 +40,7 @@ fn attention(
             causal,
             scale,
             key_padding_mask: mask.map(|m| to_tensor(py, m, false)).transpose()?,
+            segments: segments.map(|s| to_tensor(py, s, false)).transpose()?,
         };
         detached(py, move || core_attention(&q, &k, &v, &opts)).map(PyTensor::new)
     })

@@ -427,8 +427,10 @@ impl PyGraph {
         })
     }
 
-    /// Fused attention; `key_padding_mask` is [batch, seq_k], bool or integer, nonzero = attend.
-    #[pyo3(signature = (q, k, v, causal=false, scale=None, key_padding_mask=None))]
+    /// Fused attention; `key_padding_mask` is [batch, seq_k], bool or integer, nonzero = attend;
+    /// `segments` (integer offsets [n + 1]) packs sequences along seq (batch 1, seq_q == seq_k).
+    #[pyo3(signature = (q, k, v, causal=false, scale=None, key_padding_mask=None, segments=None))]
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &mut self,
         q: &Bound<'_, PyAny>,
@@ -437,6 +439,7 @@ impl PyGraph {
         causal: bool,
         scale: Option<f32>,
         key_padding_mask: Option<&Bound<'_, PyAny>>,
+        segments: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyValue> {
         guard(|| {
             let (q, k, v) = (
@@ -445,7 +448,8 @@ impl PyGraph {
                 self.value(v, None)?,
             );
             let mask = self.opt(key_padding_mask)?;
-            let r = self.graph.attention(q, k, v, causal, scale, mask);
+            let segments = self.opt(segments)?;
+            let r = self.graph.attention(q, k, v, causal, scale, mask, segments);
             self.wrap(r)
         })
     }

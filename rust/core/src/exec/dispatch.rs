@@ -88,6 +88,7 @@ pub fn execute(
             causal,
             scale,
             has_key_padding_mask,
+            has_segments,
         } => attention(
             arg(0)?,
             arg(1)?,
@@ -96,6 +97,7 @@ pub fn execute(
                 causal: *causal,
                 scale: *scale,
                 key_padding_mask: optional(*has_key_padding_mask, 3)?.cloned(),
+                segments: optional(*has_segments, 3 + usize::from(*has_key_padding_mask))?.cloned(),
             },
         ),
         Op::Embedding => gather::embedding(arg(0)?, arg(1)?),

@@ -607,7 +607,10 @@ impl Graph {
     }
 
     /// Fused attention over q [b, sq, hq, d], k [b, sk, hkv, d], v [b, sk, hkv, dv] -> f32 [b, sq, hq, dv].
-    /// `key_padding_mask` is [b, sk], bool or integer, nonzero = attend.
+    /// `key_padding_mask` is [b, sk], bool or integer, nonzero = attend. `segments`
+    /// (integer [n + 1] offsets) packs sequences along seq: batch 1, sq == sk, and rows
+    /// `o[s]..o[s+1]` attend only each other (see `ops::attention`).
+    #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
         q: ValueId,
@@ -616,6 +619,7 @@ impl Graph {
         causal: bool,
         scale: Option<f32>,
         key_padding_mask: Option<ValueId>,
+        segments: Option<ValueId>,
     ) -> Result<ValueId> {
         const OP: &str = "attention";
         let (tq, tk, tv) = (self.ty(q)?, self.ty(k)?, self.ty(v)?);
@@ -690,11 +694,37 @@ impl Graph {
             }
             inputs.push(m);
         }
+        if let Some(s) = segments {
+            let ts = self.ty(s)?;
+            if ts.dtype.is_float() || ts.dtype == DType::Bool || ts.ndim() != 1 {
+                return Err(Error::dtype(
+                    OP,
+                    format!("segments must be 1-D integer offsets [n + 1], got {ts}"),
+                ));
+            }
+            if matches!(qd[0], Dim::Known(b) if b != 1) {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "segments pack sequences along seq: batch must be 1 ({})",
+                        shapes()
+                    ),
+                ));
+            }
+            if qd[1] != kd[1] {
+                return Err(Error::shape(
+                    OP,
+                    format!("segments need seq_q == seq_k ({})", shapes()),
+                ));
+            }
+            inputs.push(s);
+        }
         let dims = vec![qd[0].clone(), qd[1].clone(), qd[2].clone(), vd[3].clone()];
         let op = Op::Attention {
             causal,
             scale,
             has_key_padding_mask: key_padding_mask.is_some(),
+            has_segments: segments.is_some(),
         };
         Ok(self.push(op, inputs, TensorType::new(DType::F32, dims)))
     }
@@ -1265,12 +1295,12 @@ mod tests {
         let kv = g
             .input("kv", syms(&["b", "t", "2", "16"]), DType::F32)
             .unwrap();
-        let a = g.attention(q, kv, kv, true, None, None).unwrap();
+        let a = g.attention(q, kv, kv, true, None, None, None).unwrap();
         assert_eq!(g.value_type(a).unwrap().dims, syms(&["b", "s", "8", "16"]));
         let bad = g
             .input("bad", syms(&["b", "t", "3", "16"]), DType::F32)
             .unwrap();
-        assert!(g.attention(q, bad, bad, false, None, None).is_err());
+        assert!(g.attention(q, bad, bad, false, None, None, None).is_err());
         let w = g.constant(Tensor::zeros(DType::F32, &[100, 16]).unwrap());
         let ids = g.input("ids", syms(&["b", "s"]), DType::I64).unwrap();
         let e = g.embedding(w, ids).unwrap();
@@ -1524,20 +1554,24 @@ mod tests {
             .input("kv", syms(&["b", "t", "2", "16"]), DType::F32)
             .unwrap();
         let mask = g.input("mask", syms(&["b", "t"]), DType::Bool).unwrap();
-        let a = g.attention(q, kv, kv, false, None, Some(mask)).unwrap();
+        let a = g
+            .attention(q, kv, kv, false, None, Some(mask), None)
+            .unwrap();
         assert_eq!(ty(&g, a), "f32[b, s, 4, 16]");
         assert_eq!(g.nodes()[a].inputs.len(), 4);
         let int_mask = g.input("int_mask", syms(&["b", "t"]), DType::I64).unwrap();
-        assert!(g.attention(q, kv, kv, true, None, Some(int_mask)).is_ok());
+        assert!(g
+            .attention(q, kv, kv, true, None, Some(int_mask), None)
+            .is_ok());
         shape_err(
-            g.attention(q, kv, kv, false, None, Some(pos)),
+            g.attention(q, kv, kv, false, None, Some(pos), None),
             &["attention", "key_padding_mask", "[b, t]", "[b, s]"],
         );
         let float_mask = g
             .input("float_mask", syms(&["b", "t"]), DType::F32)
             .unwrap();
         dtype_err(
-            g.attention(q, kv, kv, false, None, Some(float_mask)),
+            g.attention(q, kv, kv, false, None, Some(float_mask), None),
             "attention",
         );
     }

@@ -64,11 +64,13 @@ pub enum Op {
         has_inv_freq: bool,
     },
     /// Inputs: q, k, v in [batch, seq, heads, head_dim] layout, then the
-    /// key padding mask [batch, seq_k] if `has_key_padding_mask`.
+    /// key padding mask [batch, seq_k] if `has_key_padding_mask`, then the segment
+    /// offsets [n + 1] if `has_segments` (packed sequences, see `ops::attention`).
     Attention {
         causal: bool,
         scale: Option<f32>,
         has_key_padding_mask: bool,
+        has_segments: bool,
     },
     /// Inputs: weight [vocab, dim], ids.
     Embedding,
@@ -178,6 +180,14 @@ impl Op {
         matches!(self, Op::Binary(_) | Op::Unary(_))
     }
 
+    /// The name, with the attributes in parentheses when there are any (error messages).
+    pub fn described(&self) -> String {
+        match self.attributes() {
+            a if a.is_empty() => self.name().to_string(),
+            a => format!("{} ({a})", self.name()),
+        }
+    }
+
     /// The op's attributes as a summary prints them (`axis=-1`), maybe empty.
     pub fn attributes(&self) -> String {
         match self {
@@ -223,10 +233,21 @@ impl Op {
                 }
                 parts.join(", ")
             }
-            Op::Attention { causal, scale, .. } => match scale {
-                Some(s) => format!("causal={causal}, scale={s}"),
-                None => format!("causal={causal}"),
-            },
+            Op::Attention {
+                causal,
+                scale,
+                has_segments,
+                ..
+            } => {
+                let mut parts = vec![format!("causal={causal}")];
+                if let Some(s) = scale {
+                    parts.push(format!("scale={s}"));
+                }
+                if *has_segments {
+                    parts.push("segments".into());
+                }
+                parts.join(", ")
+            }
             Op::Reshape { dims } => format_dims(dims),
             Op::Transpose { perm } => format!("perm={perm:?}"),
             Op::Concat { axis } => format!("axis={axis}"),

@@ -245,11 +245,13 @@ fn rebuild(g: &mut Graph, node: &Node, map: &[ValueId]) -> Result<ValueId> {
             causal,
             scale,
             has_key_padding_mask,
+            has_segments,
         } => {
             let (q, k, v) = (arg(0)?, arg(1)?, arg(2)?);
             let mask = take(*has_key_padding_mask, 3)?;
+            let segments = take(*has_segments, 3)?;
             expect(3 + next)?;
-            g.attention(q, k, v, *causal, *scale, mask)?
+            g.attention(q, k, v, *causal, *scale, mask, segments)?
         }
         Op::Embedding => g.embedding(arg(0)?, arg(1)?)?,
         Op::Reshape { dims } => {

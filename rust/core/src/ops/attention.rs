@@ -29,6 +29,11 @@ pub struct AttentionOptions {
     pub scale: Option<f32>,
     /// [batch, seq_k], bool or integer: nonzero = attend (like HF `attention_mask`).
     pub key_padding_mask: Option<Tensor>,
+    /// Packed sequences (FlashAttention's `cu_seqlens`): integer offsets [n + 1],
+    /// `0 = o[0] <= ... <= o[n] = seq`, with batch 1 and seq_q == seq_k. Rows
+    /// `o[s]..o[s+1]` form one sequence that attends only its own keys, so texts of
+    /// different lengths share a call with no padding.
+    pub segments: Option<Tensor>,
 }
 
 /// Attention with the ISA the runtime uses now ([`kernels::isa`]).
@@ -58,6 +63,11 @@ pub fn attention_with_isa(
         .as_ref()
         .map(|m| mask_bytes(m, dims.batch, dims.seq_k))
         .transpose()?;
+    let segments = opts
+        .segments
+        .as_ref()
+        .map(|s| segment_offsets(s, &dims))
+        .transpose()?;
     let scale = opts.scale.unwrap_or(if dims.head_dim == 0 {
         1.0
     } else {
@@ -81,6 +91,7 @@ pub fn attention_with_isa(
         scale,
         causal: opts.causal,
         key_valid: key_valid.as_deref(),
+        segments: segments.as_deref(),
     };
     attention_f32(&problem, f32_slice_mut(buf.as_mut_slice())?, isa);
     Tensor::from_storage(
@@ -186,6 +197,46 @@ fn mask_bytes(mask: &Tensor, batch: usize, seq_k: usize) -> Result<Vec<u8>> {
     mask.cast(DType::Bool)?.to_bytes()
 }
 
+/// The segment offsets as usize, checked: batch 1, seq_q == seq_k, integer 1-D
+/// [n + 1] starting at 0, non-decreasing, ending at seq.
+fn segment_offsets(offsets: &Tensor, dims: &Dims) -> Result<Vec<usize>> {
+    if offsets.dtype().is_float() || offsets.dtype() == DType::Bool || offsets.ndim() != 1 {
+        return Err(Error::dtype(
+            OP,
+            format!(
+                "segments must be a 1-D integer tensor of offsets [n + 1], got {} {:?}",
+                offsets.dtype(),
+                offsets.shape()
+            ),
+        ));
+    }
+    if dims.batch != 1 || dims.seq_q != dims.seq_k {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "segments pack sequences along seq: they need batch 1 and seq_q == seq_k, got batch {}, seq_q {}, seq_k {}",
+                dims.batch, dims.seq_q, dims.seq_k
+            ),
+        ));
+    }
+    let values = offsets.cast(DType::I64)?.elements::<i64>()?;
+    let ok = values.first() == Some(&0)
+        && values.last() == Some(&(dims.seq_q as i64))
+        && values.windows(2).all(|w| w[0] <= w[1]);
+    if !ok {
+        let shown: Vec<i64> = values.iter().take(8).copied().collect();
+        return Err(Error::shape(
+            OP,
+            format!(
+                "segments must be offsets 0 = o[0] <= o[1] <= ... <= o[n] = seq ({}), got {shown:?}{}",
+                dims.seq_q,
+                if values.len() > 8 { " ..." } else { "" }
+            ),
+        ));
+    }
+    Ok(values.into_iter().map(|v| v as usize).collect())
+}
+
 fn rows_of(t: &Tensor) -> Result<StridedRows<'_>> {
     let s = t.strides();
     Ok(StridedRows {
@@ -257,6 +308,7 @@ mod tests {
                 .unwrap_or(1.0 / (dims.head_dim.max(1) as f32).sqrt()),
             causal: opts.causal,
             key_valid: mask.as_deref(),
+            segments: None,
         };
         attention_reference_f32(&p)
     }
@@ -295,6 +347,7 @@ mod tests {
                     scale: None,
                     key_padding_mask: with_mask
                         .then(|| Tensor::from_slice(&mask, &[b, sk]).unwrap()),
+                    segments: None,
                 };
                 let want = reference(&q, &k, &v, &opts);
                 for isa in dispatch::available() {
@@ -329,6 +382,7 @@ mod tests {
             causal: true,
             scale: Some(0.3),
             key_padding_mask: Some(Tensor::from_slice(&mask, &[2, 20]).unwrap()),
+            segments: None,
         };
         let want = reference(&q, &k, &v, &opts);
         let huge = Tensor::from_slice(&vec![1e30f32; 2 * 20 * 3 * 16], &[2, 20, 3, 16]).unwrap();
@@ -378,5 +432,87 @@ mod tests {
             attention(&q, &q, &q, &opts),
             Err(Error::Shape { .. })
         ));
+    }
+
+    /// Packed sequences equal each sequence run alone (with and without causal and a
+    /// key mask, empty segments included), on every tier.
+    #[test]
+    fn segments_match_each_sequence_alone() {
+        let lens = [5usize, 0, 1, 37, 130, 2];
+        let total: usize = lens.iter().sum();
+        let mut offsets = vec![0i64];
+        for &l in &lens {
+            offsets.push(offsets.last().unwrap() + l as i64);
+        }
+        let (hq, hkv, d, dv) = (4, 2, 19, 24);
+        let q = tensor([1, total, hq, d], 41);
+        let k = tensor([1, total, hkv, d], 42);
+        let v = tensor([1, total, hkv, dv], 43);
+        let mask: Vec<u8> = (0..total).map(|i| (i % 7 != 4) as u8).collect();
+        for causal in [false, true] {
+            for with_mask in [false, true] {
+                let key_padding_mask =
+                    with_mask.then(|| Tensor::from_slice(&mask, &[1, total]).unwrap());
+                let opts = AttentionOptions {
+                    causal,
+                    scale: None,
+                    key_padding_mask: key_padding_mask.clone(),
+                    segments: Some(Tensor::from_slice(&offsets, &[offsets.len()]).unwrap()),
+                };
+                let mut want = Vec::new();
+                for w in offsets.windows(2) {
+                    let (a, b) = (w[0] as usize, w[1] as usize);
+                    let part = |t: &Tensor| {
+                        t.index(&[
+                            crate::IndexItem::Slice {
+                                start: None,
+                                stop: None,
+                                step: 1,
+                            },
+                            crate::IndexItem::Slice {
+                                start: Some(a as isize),
+                                stop: Some(b as isize),
+                                step: 1,
+                            },
+                        ])
+                        .unwrap()
+                    };
+                    let alone = AttentionOptions {
+                        causal,
+                        scale: None,
+                        key_padding_mask: key_padding_mask.as_ref().map(part),
+                        segments: None,
+                    };
+                    want.extend(reference(&part(&q), &part(&k), &part(&v), &alone));
+                }
+                for isa in dispatch::available() {
+                    let got = attention_with_isa(&q, &k, &v, &opts, isa).unwrap();
+                    assert_eq!(got.shape(), &[1, total, hq, dv]);
+                    let what = format!("causal {causal} mask {with_mask} isa {}", isa.name());
+                    assert_close(&got.elements::<f32>().unwrap(), &want, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_segments_are_refused() {
+        let q = tensor([1, 6, 2, 8], 1);
+        let two = tensor([2, 3, 2, 8], 2);
+        let cases: [(&Tensor, Tensor); 5] = [
+            (&q, Tensor::from_slice(&[0i64, 2, 5], &[3]).unwrap()), // does not end at seq
+            (&q, Tensor::from_slice(&[1i64, 6], &[2]).unwrap()),    // does not start at 0
+            (&q, Tensor::from_slice(&[0i64, 4, 2, 6], &[4]).unwrap()), // decreasing
+            (&q, Tensor::from_slice(&[0.0f32, 6.0], &[2]).unwrap()), // float
+            (&two, Tensor::from_slice(&[0i64, 3], &[2]).unwrap()),  // batch 2
+        ];
+        for (n, (x, segments)) in cases.into_iter().enumerate() {
+            let opts = AttentionOptions {
+                segments: Some(segments),
+                ..Default::default()
+            };
+            let e = attention(x, x, x, &opts).unwrap_err();
+            assert!(e.to_string().contains("segments"), "case {n}: {e}");
+        }
     }
 }

@@ -135,6 +135,7 @@ pub fn run(graph: &Graph) -> Result<PassOutput> {
             causal: f.causal,
             scale: Some(f.scale),
             has_key_padding_mask: f.key_padding_mask.is_some(),
+            has_segments: false,
         };
         let mut inputs = vec![rebuild.value(f.q), rebuild.value(f.k), rebuild.value(f.v)];
         inputs.extend(f.key_padding_mask.map(|m| rebuild.value(m)));
@@ -602,6 +603,7 @@ mod tests {
             causal: false,
             scale: Some(scale),
             has_key_padding_mask: false,
+            ..
         } = ops[0]
         else {
             panic!("{ops:?}");

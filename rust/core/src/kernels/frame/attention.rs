@@ -99,6 +99,17 @@ pub struct StridedRows<'a> {
 }
 
 impl<'a> StridedRows<'a> {
+    /// The same rows starting at sequence position `start` (packed sequences).
+    pub fn from_seq(self, start: usize) -> Self {
+        if self.dim == 0 {
+            return self; // an empty tensor's strides may point anywhere
+        }
+        StridedRows {
+            offset: (self.offset as isize + start as isize * self.strides[1]) as usize,
+            ..self
+        }
+    }
+
     /// The `dim` floats of row (b, s, h). Panics (a bug) if the layout was not bounds-checked.
     #[inline]
     pub fn row(&self, b: usize, s: usize, h: usize) -> &'a [f32] {
@@ -130,6 +141,11 @@ pub struct AttentionProblem<'a> {
     pub causal: bool,
     /// `batch * seq_k` bytes, nonzero = the key may be attended.
     pub key_valid: Option<&'a [u8]>,
+    /// Packed sequences ("varlen"): offsets `0 = o[0] <= o[1] <= ... <= o[n] = seq_q`
+    /// with `batch == 1` and `seq_q == seq_k`. The rows `o[s]..o[s+1]` are one sequence:
+    /// their queries attend only their own keys (causal counts from `o[s]`), so
+    /// inputs of different lengths run in one call with no padding.
+    pub segments: Option<&'a [usize]>,
 }
 
 impl AttentionProblem<'_> {
@@ -184,6 +200,34 @@ unsafe impl Send for OutRows {}
 unsafe impl Sync for OutRows {}
 
 impl OutRows {
+    /// The output of problem `p`, [batch, seq_q, heads_q, head_dim_v] in `out`.
+    fn whole(out: &mut [f32], p: &AttentionProblem<'_>) -> OutRows {
+        OutRows {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            seq_q: p.seq_q,
+            heads_q: p.heads_q,
+            dim: p.v.dim,
+        }
+    }
+
+    /// Sequence rows `start..start + n` of batch 0 as an output of their own
+    /// (packed sequences); panics if they are out of range.
+    fn window(&self, start: usize, n: usize) -> OutRows {
+        let row = self.heads_q * self.dim;
+        assert!(
+            (start + n) * row <= self.len,
+            "attention output window out of range"
+        );
+        OutRows {
+            ptr: self.ptr.wrapping_add(start * row),
+            len: n * row,
+            seq_q: n,
+            heads_q: self.heads_q,
+            dim: self.dim,
+        }
+    }
+
     /// Row (b, i, h) of the output.
     ///
     /// # Safety
@@ -210,16 +254,14 @@ pub fn attention_f32(p: &AttentionProblem<'_>, out: &mut [f32], isa: Isa) {
     if out.is_empty() {
         return;
     }
+    if let Some(offsets) = p.segments {
+        attention_segments_f32(p, offsets, out, isa);
+        return;
+    }
     let block_q = p.block_q();
     let q_blocks = p.seq_q.div_ceil(block_q);
     let tasks = p.batch * p.heads_kv * q_blocks;
-    let rows = OutRows {
-        ptr: out.as_mut_ptr(),
-        len: out.len(),
-        seq_q: p.seq_q,
-        heads_q: p.heads_q,
-        dim: dv,
-    };
+    let rows = OutRows::whole(out, p);
     let run = |t: usize| {
         let qb = t % q_blocks;
         let kv_head = (t / q_blocks) % p.heads_kv;
@@ -233,6 +275,55 @@ pub fn attention_f32(p: &AttentionProblem<'_>, out: &mut [f32], isa: Isa) {
         run_block(p, &blk, &rows, isa);
     };
     parallel_for(tasks, run);
+}
+
+/// Packed sequences: each segment is its own one-sequence problem over a window of
+/// the rows (the ISA kernels are unchanged); tasks are (segment, kv head, query block).
+fn attention_segments_f32(p: &AttentionProblem<'_>, offsets: &[usize], out: &mut [f32], isa: Isa) {
+    assert!(
+        p.batch == 1 && p.seq_q == p.seq_k && offsets.first() == Some(&0),
+        "attention segments need batch 1, seq_q == seq_k and offsets from 0"
+    );
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]) && offsets.last() == Some(&p.seq_q),
+        "attention segment offsets must be non-decreasing and end at seq"
+    );
+    let block_q = p.block_q();
+    // One task per (segment, query block of it, kv head): `(segment, block * heads_kv + kv_head)`.
+    let mut tasks: Vec<(usize, usize)> = Vec::new();
+    for (s, w) in offsets.windows(2).enumerate() {
+        let blocks = (w[1] - w[0]).div_ceil(block_q);
+        for qb in 0..blocks {
+            for kv_head in 0..p.heads_kv {
+                tasks.push((s, qb * p.heads_kv + kv_head));
+            }
+        }
+    }
+    let out_rows = OutRows::whole(out, p);
+    let run = |t: usize| {
+        let (s, unit) = tasks[t];
+        let (start, end) = (offsets[s], offsets[s + 1]);
+        let n = end - start;
+        let sub = AttentionProblem {
+            q: p.q.from_seq(start),
+            k: p.k.from_seq(start),
+            v: p.v.from_seq(start),
+            seq_q: n,
+            seq_k: n,
+            key_valid: p.key_valid.map(|m| &m[start..end]),
+            segments: None,
+            ..*p
+        };
+        let rows = out_rows.window(start, n);
+        let blk = QueryBlock {
+            batch: 0,
+            kv_head: unit % p.heads_kv,
+            q_start: (unit / p.heads_kv) * block_q,
+            q_end: ((unit / p.heads_kv + 1) * block_q).min(n),
+        };
+        run_block(&sub, &blk, &rows, isa);
+    };
+    parallel_for(tasks.len(), run);
 }
 
 fn run_block(p: &AttentionProblem<'_>, blk: &QueryBlock, out: &OutRows, isa: Isa) {
