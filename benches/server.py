@@ -282,6 +282,8 @@ def main() -> None:
     parser.add_argument("--client", choices=["wrk", "httpx"], default=None,
                         help="load generator: wrk (C, little CPU; the default when installed) or httpx threads")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each wrk row (default 10)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY),
+                        help="client concurrencies to run (default 1 8 32)")
     args = parser.parse_args()
     import shutil
 
@@ -327,7 +329,7 @@ def main() -> None:
         for mix, texts in mixes.items():
             for per_request in shapes:
                 total = single_total if per_request == 1 else multi_total
-                for conc in CONCURRENCY:
+                for conc in args.concurrency:
                     time.sleep(0.3)
                     if client_kind == "wrk":
                         r = run_load_wrk(url, name, texts, per_request, conc, args.seconds, args.encoding, proc.pid)

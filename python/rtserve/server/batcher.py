@@ -5,10 +5,11 @@ requests in order while their tokens fit ``max_batch_tokens`` (always at least o
 count by an estimate from their length until tokenized) and runs them as one call in a
 worker thread: the texts of all its requests tokenized in one batch call, then run as
 ``EncoderModel.embed_encoded`` does (packed with no padding on the CPU, else sorted by length
-and cut into buckets whose padded size fits the budget), pooled and normalized. Each request gets its own rows (and its
-tokenized inputs, for usage counts) back. Tokenizing in the batch saves each request a
-round trip to a worker thread. More than ``max_queue`` waiting requests: 429 with
-``Retry-After: 1``.
+and cut into buckets whose padded size fits the budget), pooled and normalized. Each request
+gets its own rows (and its tokenized inputs, for usage counts) back. Tokenizing in the batch
+saves each request a round trip to a worker thread (and measured faster than tokenizing
+small requests on the event loop as they arrive, which takes its time from the model's
+threads). More than ``max_queue`` waiting requests: 429 with ``Retry-After: 1``.
 """
 
 from __future__ import annotations
@@ -147,16 +148,8 @@ class EmbedBatcher(QueueWorker[_Job]):
             start += len(texts)
             long = [i for i, e in enumerate(items) if len(e.ids) > limit]
             if long and not job.truncate:
-                first = long[0]
-                count = len(self.tokenize([texts[first]], None)[0].ids)
-                error = ApiError(
-                    400,
-                    f"input[{first}] has {count} tokens; this model takes at most {limit} "
-                    f"({len(long)} of the {len(texts)} inputs are too long); send \"truncate\": true to cut them",
-                    param="input",
-                    code="input_too_long",
-                )
-                _post(job, _fail, error)
+                count = len(self.tokenize([texts[long[0]]], None)[0].ids)
+                _post(job, _fail, _too_long(long, count, len(texts), limit))
                 continue
             if long:
                 cut = self.tokenize([texts[i] for i in long], limit)
@@ -164,14 +157,7 @@ class EmbedBatcher(QueueWorker[_Job]):
                     items[i] = e
             tokens = sum(len(e.ids) for e in items)
             if tokens > self.max_input_tokens:
-                error = ApiError(
-                    400,
-                    f"the request's inputs have {tokens} tokens; the server takes at most {self.max_input_tokens} "
-                    "per request (--max-input-tokens); split it",
-                    param="input",
-                    code="request_too_large",
-                )
-                _post(job, _fail, error)
+                _post(job, _fail, _too_many_tokens(tokens, self.max_input_tokens))
                 continue
             job.items = items
             job.tokens = tokens
@@ -192,12 +178,14 @@ class EmbedBatcher(QueueWorker[_Job]):
         left = [end - start for start, end in bounds]
 
         def on_rows(rows: list[int], out: np.ndarray) -> None:
+            done = []
             for row in rows:
                 j = owner[row]
                 left[j] -= 1
                 if left[j] == 0:
                     start, end = bounds[j]
-                    _post(jobs[j], _answer, out[start:end].copy())
+                    done.append((jobs[j], out[start:end].copy()))
+            _answer_all(done)
 
         return self.run([item for job in jobs for item in job.items or ()], on_rows)
 
@@ -242,6 +230,27 @@ class EmbedBatcher(QueueWorker[_Job]):
                 _post(jobs[-1], lambda _future, _: memory.trim(), None)
 
 
+def _too_long(long: list[int], count: int, texts: int, limit: int) -> ApiError:
+    """400 for inputs past the model's length: ``long`` their indices, ``count`` the first's tokens."""
+    return ApiError(
+        400,
+        f"input[{long[0]}] has {count} tokens; this model takes at most {limit} "
+        f"({len(long)} of the {texts} inputs are too long); send \"truncate\": true to cut them",
+        param="input",
+        code="input_too_long",
+    )
+
+
+def _too_many_tokens(tokens: int, limit: int) -> ApiError:
+    return ApiError(
+        400,
+        f"the request's inputs have {tokens} tokens; the server takes at most {limit} "
+        "per request (--max-input-tokens); split it",
+        param="input",
+        code="request_too_large",
+    )
+
+
 def _post(job: _Job, function: Callable[..., None], value: Any) -> None:
     """Calls ``function(job.future, value)`` on the job's event loop (gone: nothing to answer)."""
     loop = job.loop
@@ -251,6 +260,24 @@ def _post(job: _Job, function: Callable[..., None], value: Any) -> None:
         loop.call_soon_threadsafe(function, job.future, value)
     except RuntimeError:  # the loop is closed
         pass
+
+
+def _answer_all(done: list[tuple[_Job, np.ndarray]]) -> None:
+    """Answers finished jobs with one wake-up of each event loop (not one per job)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[np.ndarray], np.ndarray]]] = {}
+    for job, vectors in done:
+        if job.loop is not None:
+            by_loop.setdefault(job.loop, []).append((job.future, vectors))
+    for loop, answers in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_results, answers)
+        except RuntimeError:  # the loop is closed
+            pass
+
+
+def _set_results(answers: list[tuple[asyncio.Future[np.ndarray], np.ndarray]]) -> None:
+    for future, vectors in answers:
+        _answer(future, vectors)
 
 
 def _answer(future: asyncio.Future[np.ndarray], vectors: np.ndarray) -> None:
