@@ -309,6 +309,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise _UsageError("--shutdown-timeout must be at least 0")
     if not 0 <= args.port <= 65535:
         raise _UsageError(f"--port must be in 0..65535, got {args.port}")
+    # The worker threads tokenize each batch on their own thread: with the tokenizers
+    # package's own thread pool, its idle threads spin (sched_yield) against the model's
+    # threads while a batch computes (A/B at concurrency 32, one text per request: +6-8%).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         registry = ModelRegistry.from_specs(
             args.models or ["minilm"], device=args.device, dtype=args.dtype, memory_budget=args.memory_budget

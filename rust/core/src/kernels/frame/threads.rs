@@ -4,8 +4,9 @@
 //!
 //! `parallel_for` hands task indices out from a shared counter; the calling
 //! thread works too. After a job, helper threads spin for a short while
-//! (`SPIN`) before sleeping, so the back-to-back small calls of a decode loop
-//! do not pay an OS wake-up each (the same trade OpenBLAS and llama.cpp make).
+//! (`SPIN`, or `RTSERVE_SPIN_US` microseconds) before sleeping, so the back-to-back
+//! small calls of a decode loop do not pay an OS wake-up each (the same trade
+//! OpenBLAS and llama.cpp make; `OMP_WAIT_POLICY` is OpenMP's knob for it).
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,8 +16,19 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// How long an idle helper keeps polling for the next job before it sleeps.
+/// How long an idle helper keeps polling for the next job before it sleeps, unless
+/// `RTSERVE_SPIN_US` says otherwise (0: sleep at once).
 const SPIN: Duration = Duration::from_micros(200);
+
+fn spin_time() -> Duration {
+    static SPIN_TIME: OnceLock<Duration> = OnceLock::new();
+    *SPIN_TIME.get_or_init(|| {
+        std::env::var("RTSERVE_SPIN_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(SPIN, |us| Duration::from_micros(us.min(1_000_000)))
+    })
+}
 
 /// Polls of the caller waiting for the helpers' last tasks before it starts yielding
 /// its core (a few microseconds; 2^16 polls, about 1 ms, wasted whole slices when the
@@ -120,10 +132,11 @@ fn worker(shared: &Shared) {
         // Spin, then sleep, until a new job is published. The clock is read every 64
         // polls: reading it on every poll made clock_gettime 2% of an encoder's profile.
         let start = Instant::now();
+        let spin = spin_time();
         let mut polls = 0u32;
         while shared.seq.load(Ordering::Acquire) == seen {
             polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(64) && start.elapsed() >= SPIN {
+            if polls.is_multiple_of(64) && start.elapsed() >= spin {
                 break;
             }
             if shared.stop.load(Ordering::Relaxed) {
