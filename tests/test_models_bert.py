@@ -338,7 +338,7 @@ def test_embed_is_the_same_however_the_batches_are_cut(minilm):
 # --- packed sequences ----------------------------------------------------------------
 
 from rtserve.models import bert  # noqa: E402
-from rtserve.models.encoder import EncoderModel, packed_batches, pool, pool_packed  # noqa: E402
+from rtserve.models.encoder import PACKED_CALL_TOKENS, EncoderModel, packed_batches, pool, pool_packed  # noqa: E402
 from rtserve.models.hf import Weights  # noqa: E402
 
 
@@ -395,5 +395,7 @@ def test_packed_batches_cover_every_input_within_the_limits(lengths, batch_size,
         assert end > start
         if batch_size is not None:
             assert end - start <= batch_size
-        if budget is not None and end - start > 1:
-            assert sum(lengths[start:end]) <= budget
+        if end - start > 1:
+            assert sum(lengths[start:end]) <= min(budget or PACKED_CALL_TOKENS, PACKED_CALL_TOKENS)
+    # even shares, not a full call and a runt
+    assert packed_batches([10] * 150, None, None, hidden=384) == [(0, 75), (75, 150)]
