@@ -404,6 +404,11 @@ pub(crate) fn gemv_with(
     };
     let chunk = if threads <= 1 {
         units
+    } else if matches!(form, Form::Packed(_)) {
+        // Panels are contiguous K x NR blocks: equal shares, whatever the panel count
+        // (rounding to an even count split a 576-wide layer 10:8 and a 192-wide one 4:2,
+        // and the thread with less waited for the other on every decode step).
+        units.div_ceil(threads)
     } else {
         // One contiguous column range per thread: long runs of each B row per
         // stream suit the prefetchers better than many short ones.
