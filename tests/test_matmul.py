@@ -192,3 +192,21 @@ def test_prepacked_weights_deeper_than_one_block(isa, m):
     for weight in (w, rt.prepack(w)):
         got = rt.linear(x, weight).numpy()
         assert np.all(np.abs(got - ref) <= tol)
+
+
+@pytest.mark.parametrize("n", [192, 576, 607])
+@pytest.mark.parametrize("m", [1, 5])
+def test_prepacked_small_m_split_across_threads(isa, m, n):
+    """M <= 8 over pre-packed panels, wide enough to split across the pool's threads
+    (odd panel counts: each thread takes an equal share of panels)."""
+    rng = np.random.default_rng(n + m)
+    k = 576
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    got = rt.linear(x, rt.prepack(w)).numpy()
+    assert np.all(np.abs(got - ref) <= f32_tol(x, w.T))
+    wb = w.astype(ml_dtypes.bfloat16)
+    ref_b = x.astype(np.float64) @ wb.astype(np.float64).T
+    got_b = rt.linear(x, rt.prepack(rt.tensor(wb))).numpy()
+    np.testing.assert_allclose(got_b, ref_b, rtol=1e-3, atol=1e-3 * np.sqrt(k))
