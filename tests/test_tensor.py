@@ -345,3 +345,13 @@ def test_error_classes_subclass_the_builtins():
     assert issubclass(rt.OutOfMemoryError, MemoryError)
     assert issubclass(rt.UnsupportedError, NotImplementedError)
     assert rt.ShapeError.__module__ == "rtserve"
+
+
+def test_release_memory_frees_the_buffers_kept_for_reuse():
+    rt.release_memory()
+    x = rt.tensor(np.ones(1 << 20, dtype=np.float32))  # 4 MiB
+    y = x + x  # a fresh 4 MiB output buffer
+    del y  # kept for reuse by an output of the same size
+    assert rt.release_memory() >= 4 << 20
+    assert rt.release_memory() == 0
+    np.testing.assert_array_equal((x + x).numpy()[:3], [2, 2, 2])  # allocation works after it

@@ -102,6 +102,9 @@ def devices() -> list[dict[str, object]]:
     """Devices this process knows: name, description (e.g. ISA tier), available."""
 def num_threads() -> int: ...
 def set_num_threads(threads: int) -> None: ...
+def release_memory() -> int:
+    """Frees the large freed buffers kept for reuse (at most 64 MiB; reused only for outputs of
+    the same size); returns the bytes freed. The server calls it when its queues drain."""
 def peak_gflops(kind: str = "f32", isa: str | None = None) -> float:
     """Measured peak GFLOP/s at the current thread count: "f32" FMA, "bf16" dot (AVX512_BF16) or
     "i8" dot (AVX512_VNNI, GOP/s); UnsupportedError where the CPU lacks the instruction."""

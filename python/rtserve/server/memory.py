@@ -7,8 +7,10 @@ batches do not reuse, so a server's resident memory would stay at its burst leve
 ``min_interval`` seconds (a call that comes too soon is deferred to the end of the interval,
 so the last drain of a burst is trimmed too); it is called when a model's queue drains and
 after an unload.
-Elsewhere than glibc it does nothing. The runtime's own arenas are mmap'd and shrink by
-themselves (see docs/architecture.md).
+It first frees the large buffers the runtime keeps for reuse (``rt.release_memory``: up to
+64 MiB, reused only for outputs of the same size, which packed batches of varying token
+counts rarely repeat). Elsewhere than glibc it does only that. The runtime's own arenas are
+mmap'd and shrink by themselves (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import ctypes.util
 import threading
 import time
 from typing import Any
+
+from .._core import release_memory
 
 _lock = threading.Lock()
 _last = 0.0
@@ -49,6 +53,7 @@ def trim(min_interval: float = 1.0) -> bool:
     global _last, _deferred
     function = _malloc_trim()
     if function is None:
+        release_memory()
         return False
     with _lock:
         now = time.monotonic()
@@ -63,6 +68,7 @@ def trim(min_interval: float = 1.0) -> bool:
                 loop.call_later(wait, _run_deferred)
             return False
         _last = now
+    release_memory()  # the runtime's buffers kept for reuse first, so malloc_trim can return them
     function(0)  # ctypes releases the GIL during the call
     return True
 

@@ -48,6 +48,13 @@ fn set_num_threads(threads: usize) -> PyResult<()> {
     core(kernels::set_num_threads(threads))
 }
 
+/// Frees the large freed buffers the runtime keeps for reuse (at most 64 MiB); returns the
+/// bytes freed. The server calls it when its queues drain.
+#[pyfunction]
+fn release_memory() -> usize {
+    rtserve_core::storage::release_cached_buffers()
+}
+
 /// Measured peak GFLOP/s on the current thread count: kind "f32" (FMA) or "bf16" (dot).
 #[pyfunction]
 #[pyo3(signature = (kind="f32", isa=None))]
@@ -88,6 +95,7 @@ fn devices(py: Python<'_>) -> PyResult<Vec<Bound<'_, pyo3::types::PyDict>>> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(devices, m)?)?;
     m.add_function(wrap_pyfunction!(peak_gflops, m)?)?;
+    m.add_function(wrap_pyfunction!(release_memory, m)?)?;
     m.add_function(wrap_pyfunction!(isa, m)?)?;
     m.add_function(wrap_pyfunction!(set_isa, m)?)?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;

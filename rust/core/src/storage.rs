@@ -83,6 +83,26 @@ mod recycle {
         NonNull::new(addr as *mut u8)
     }
 
+    /// Frees every buffer held for reuse; returns the bytes freed.
+    pub fn release() -> usize {
+        let Ok(mut pool) = POOL.lock() else {
+            return 0;
+        };
+        let freed = pool.held;
+        for (len, addr) in pool.free.drain(..) {
+            // SAFETY: every pooled entry is a live allocation of exactly `len` bytes at
+            // `ALIGN`, handed over by `AlignedBuffer::drop` and owned by the pool alone.
+            unsafe {
+                std::alloc::dealloc(
+                    addr as *mut u8,
+                    std::alloc::Layout::from_size_align_unchecked(len, super::ALIGN),
+                )
+            };
+        }
+        pool.held = 0;
+        freed
+    }
+
     /// Offers a buffer for reuse; false when the pool is full (caller frees it).
     pub fn give(ptr: NonNull<u8>, len: usize) -> bool {
         let Ok(mut pool) = POOL.lock() else {
@@ -95,6 +115,14 @@ mod recycle {
         pool.free.push((len, ptr.as_ptr() as usize));
         true
     }
+}
+
+/// Frees the large buffers kept for reuse (at most 64 MiB: a buffer is reused only for an
+/// output of exactly its size, so varying shapes, such as packed encoder batches, leave
+/// buffers that may never be taken again). Returns the bytes freed. A server calls it when
+/// its queues drain.
+pub fn release_cached_buffers() -> usize {
+    recycle::release()
 }
 
 impl AlignedBuffer {
