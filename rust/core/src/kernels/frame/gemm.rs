@@ -284,12 +284,7 @@ pub(crate) fn gemm_with(
     } else {
         num_threads()
     };
-    let (m_panels, n_panels) = (m.div_ceil(mr), n.div_ceil(nr));
-    let (tm, tn) = if matches!(b, BSource::Packed(_)) {
-        oversplit_grid(m_panels, n_panels, m, n, k, threads)
-    } else {
-        grid(m_panels, n_panels, m, n, threads)
-    };
+    let (tm, tn) = grid(m.div_ceil(mr), n.div_ceil(nr), m, n, threads);
     let out = COut {
         ptr: c.as_mut_ptr(),
         ldc,
@@ -327,39 +322,6 @@ fn grid(m_panels: usize, n_panels: usize, m: usize, n: usize, threads: usize) ->
         }
     }
     best
-}
-
-/// Tasks per thread for products with pre-packed B.
-const OVERSPLIT: usize = 4;
-/// Multiply-adds a task should have at least (a few microseconds of one core).
-const TASK_MIN_MACS: usize = 4 * 64 * 64 * 64;
-
-/// The grid for pre-packed B: a few tasks per thread rather than one, so that when the OS
-/// preempts one of the pool's threads (for the server's event loop, a tokenizer) the others
-/// take its share of the tasks instead of waiting for it. With B packed once, a task packs
-/// only its own rows of A, so extra column parts cost little (an A re-pack per column part,
-/// small next to the product when tasks keep [`TASK_MIN_MACS`]).
-fn oversplit_grid(
-    m_panels: usize,
-    n_panels: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    threads: usize,
-) -> (usize, usize) {
-    if threads <= 1 {
-        return (1, 1);
-    }
-    let by_work = (m * n).saturating_mul(k.max(1)) / TASK_MIN_MACS;
-    let mut parts = (threads * OVERSPLIT).min(by_work.max(threads));
-    while parts > threads {
-        let g = grid(m_panels, n_panels, m, n, parts);
-        if g.0 * g.1 == parts {
-            return g;
-        }
-        parts -= 1;
-    }
-    grid(m_panels, n_panels, m, n, threads)
 }
 
 /// Part `i` of `parts` of `0..len`, cut on multiples of `unit`.
@@ -1017,18 +979,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn oversplit_grid_gives_several_tasks_per_thread_within_the_panels() {
-        // 192 rows x 1536 columns x 384: four tasks per thread, as column parts (A is small).
-        assert_eq!(oversplit_grid(16, 48, 192, 1536, 384, 2), (1, 8));
-        // one row panel, four column panels: as many parts as panels allow
-        let (tm, tn) = oversplit_grid(1, 4, 12, 128, 4096, 2);
-        assert_eq!((tm, tn), (1, 4));
-        // small products keep one task per thread; one thread, one task
-        assert_eq!(oversplit_grid(4, 4, 48, 128, 8, 2), grid(4, 4, 48, 128, 2));
-        assert_eq!(oversplit_grid(16, 48, 192, 1536, 384, 1), (1, 1));
     }
 
     #[test]
