@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rtserve_core::graph::{Node, Op, TopKOutput};
 use rtserve_core::kernels::generic::elementwise::{Binary, Unary};
 use rtserve_core::ops::reduce::Reduce;
+use rtserve_core::shape::{around, normalize_axis};
 use rtserve_core::{DType, Error, Result, Tensor};
 
 use crate::gpu::{grid_for, Gpu, GpuBuffer};
@@ -179,26 +180,6 @@ fn strided(op: &str, shape: &[usize], operands: &[Vec<i64>]) -> Result<Strided> 
         }
     }
     Ok(s)
-}
-
-/// Splits `shape` around `axis` into (outer, n, inner).
-fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (
-        shape[..axis].iter().product(),
-        shape[axis],
-        shape[axis + 1..].iter().product(),
-    )
-}
-
-fn normalize_axis(op: &str, axis: isize, ndim: usize) -> Result<usize> {
-    let a = if axis < 0 { axis + ndim as isize } else { axis };
-    if a < 0 || a as usize >= ndim.max(1) {
-        return Err(Error::shape(
-            op,
-            format!("axis {axis} is out of range for {ndim} dims"),
-        ));
-    }
-    Ok(a as usize)
 }
 
 fn unary_code(op: Unary) -> i32 {

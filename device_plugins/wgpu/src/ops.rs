@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rtserve_core::graph::{Node, Op, TopKOutput};
 use rtserve_core::ops::reduce::Reduce;
+use rtserve_core::shape::{around, normalize_axis};
 use rtserve_core::{DType, Error, Result};
 
 use crate::gpu::{GpuBuf, Recorder};
@@ -209,26 +210,6 @@ fn padded(words: &[u32], len: usize) -> Vec<u32> {
     let mut v = words.to_vec();
     v.resize(len, 0);
     v
-}
-
-/// Splits `shape` around `axis` into (outer, n, inner).
-fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (
-        shape[..axis].iter().product(),
-        shape[axis],
-        shape[axis + 1..].iter().product(),
-    )
-}
-
-fn normalize_axis(op: &str, axis: isize, ndim: usize) -> Result<usize> {
-    let a = if axis < 0 { axis + ndim as isize } else { axis };
-    if a < 0 || a as usize >= ndim.max(1) {
-        return Err(Error::shape(
-            op,
-            format!("axis {axis} is out of range for {ndim} dims"),
-        ));
-    }
-    Ok(a as usize)
 }
 
 /// numpy's first index of `x[start::step]` along an axis of length `len`.

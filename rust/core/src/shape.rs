@@ -80,6 +80,15 @@ pub fn infer_reshape(op: &str, from: &[usize], to: &[isize]) -> Result<Vec<usize
     Ok(out)
 }
 
+/// `shape` split around `axis`: (product of the dims before it, the dim, product of those after).
+pub fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
 /// `axis` (negative counts from the end) as an index into `ndim` dimensions.
 pub fn normalize_axis(op: &str, axis: isize, ndim: usize) -> Result<usize> {
     let n = ndim as isize;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::shape::{normalize_axis, numel};
+use crate::shape::{around, normalize_axis, numel};
 use crate::storage::OutBuffer;
 use crate::tensor::Tensor;
 
@@ -44,8 +44,7 @@ pub fn concat(tensors: &[Tensor], axis: isize) -> Result<Tensor> {
         shape[axis] += t.shape()[axis];
     }
     let size = dtype.size();
-    let outer: usize = shape[..axis].iter().product();
-    let inner: usize = shape[axis + 1..].iter().product();
+    let (outer, _, inner) = around(&shape, axis);
     let bytes = numel(&shape)? * size;
     let mut buf = OutBuffer::new(bytes, false)?;
     let parts: Vec<_> = tensors

@@ -10,7 +10,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::frame::rowwise::{self, ColumnReduce};
 use crate::kernels::isa;
-use crate::shape::normalize_axis;
+use crate::shape::{around, normalize_axis};
 use crate::tensor::Tensor;
 
 use super::data::{as_dtype, axis_to_last, contiguous_elements, new_tensor};
@@ -61,9 +61,7 @@ pub fn reduce(kind: Reduce, x: &Tensor, axis: Option<isize>, keepdims: bool) -> 
         Some(a) => (x.clone(), normalize_axis(name, a, x.ndim())?),
     };
     let shape = src.shape().to_vec();
-    let n = shape[axis];
-    let outer: usize = shape[..axis].iter().product();
-    let inner: usize = shape[axis + 1..].iter().product();
+    let (outer, n, inner) = around(&shape, axis);
     if n == 0 && outer * inner > 0 && !matches!(kind, Reduce::Sum | Reduce::Mean) {
         return Err(Error::shape(
             name,
