@@ -83,11 +83,7 @@ class EncoderModel:
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
         seq = ids.shape[1]
-        if seq > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence of {seq} tokens is longer than the model's "
-                f"max_position_embeddings {self.config.max_position_embeddings}"
-            )
+        self._check_positions(seq)
         inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": self._positions[:seq]}
         if self._has_token_types:
             types = np.zeros_like(ids) if token_type_ids is None else _int64_2d("token_type_ids", token_type_ids)
@@ -167,12 +163,7 @@ class EncoderModel:
         lengths = np.array([len(e.ids) for e in items], dtype=np.int64)
         if len(items) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        longest = int(lengths.max())
-        if longest > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence of {longest} tokens is longer than the model's "
-                f"max_position_embeddings {self.config.max_position_embeddings}"
-            )
+        self._check_positions(int(lengths.max()))
         offsets = np.zeros(len(items) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
@@ -191,6 +182,13 @@ class EncoderModel:
             inputs["token_type_ids"] = types.reshape(1, total)
         hidden = self.compiled.run(inputs)["last_hidden_state"].numpy().reshape(total, self.dim)
         return pool_packed(self.sentence.pooling.mode, hidden, mask, offsets)
+
+    def _check_positions(self, seq: int) -> None:
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {seq} tokens is longer than the model's "
+                f"max_position_embeddings {self.config.max_position_embeddings}"
+            )
 
     def _limit(self, max_length: int | None) -> int:
         if max_length is None:

@@ -253,11 +253,14 @@ def _too_many_tokens(tokens: int, limit: int) -> ApiError:
 
 def _post(job: _Job, function: Callable[..., None], value: Any) -> None:
     """Calls ``function(job.future, value)`` on the job's event loop (gone: nothing to answer)."""
-    loop = job.loop
-    if loop is None:
-        return
+    if job.loop is not None:
+        _call_on(job.loop, function, job.future, value)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, function: Callable[..., None], *args: Any) -> None:
+    """``function(*args)`` on ``loop`` from another thread; a closed loop has no one to answer."""
     try:
-        loop.call_soon_threadsafe(function, job.future, value)
+        loop.call_soon_threadsafe(function, *args)
     except RuntimeError:  # the loop is closed
         pass
 
@@ -269,10 +272,7 @@ def _answer_all(done: list[tuple[_Job, np.ndarray]]) -> None:
         if job.loop is not None:
             by_loop.setdefault(job.loop, []).append((job.future, vectors))
     for loop, answers in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_set_results, answers)
-        except RuntimeError:  # the loop is closed
-            pass
+        _call_on(loop, _set_results, answers)
 
 
 def _set_results(answers: list[tuple[asyncio.Future[np.ndarray], np.ndarray]]) -> None:
