@@ -194,32 +194,18 @@ impl Executable for CudaExecutable {
                         },
                         _ => ops::temp(gpu, node.out.dtype, &shape)?,
                     };
-                    let args: Vec<&DVal> = node
-                        .inputs
-                        .iter()
-                        .map(|&i| {
-                            values[i].as_ref().ok_or_else(|| {
-                                Error::Internal(format!("node %{id} reads %{i}, which is not live"))
-                            })
-                        })
-                        .collect::<Result<_>>()?;
+                    let args = self.program.live_args(id, &values)?;
                     let flag = bad_ids.as_ref().map_or(0, |b| b.address);
                     ops::execute(gpu, node, &args, &out, &self.aux[id], flag)?;
                     out
                 }
             };
             values[id] = Some(value);
-            for &i in &node.inputs {
-                if self.program.last_use(i) == Some(id) && !self.program.is_output(i) {
-                    values[i] = None;
-                }
-            }
+            self.program.release_after(id, &mut values);
         }
         let mut outputs = HashMap::new();
         for (name, v) in self.program.output_values() {
-            let value = values[*v].as_ref().ok_or_else(|| {
-                Error::Internal(format!("output '{name}' (%{v}) was not computed"))
-            })?;
+            let value = Compiled::output_value(name, *v, &values)?;
             let mut bytes = vec![0u8; value.bytes()];
             gpu.download(value.address, &mut bytes)?;
             outputs.insert(

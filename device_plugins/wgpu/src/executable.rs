@@ -155,33 +155,17 @@ impl Executable for WgpuExecutable {
                     }
                     _ => {
                         let out = rec.value(node.out.dtype, &shape)?;
-                        let args: Vec<&DVal> = node
-                            .inputs
-                            .iter()
-                            .map(|&i| {
-                                values[i].as_ref().ok_or_else(|| {
-                                    Error::Internal(format!(
-                                        "node %{id} reads %{i}, which is not live"
-                                    ))
-                                })
-                            })
-                            .collect::<Result<_>>()?;
+                        let args = self.program.live_args(id, &values)?;
                         ops::execute(&mut rec, node, &args, &out, &self.aux[id], &bad_ids.buffer)?;
                         out
                     }
                 };
                 values[id] = Some(value);
-                for &i in &node.inputs {
-                    if self.program.last_use(i) == Some(id) && !self.program.is_output(i) {
-                        values[i] = None;
-                    }
-                }
+                self.program.release_after(id, &mut values);
             }
             let mut wanted = Vec::new();
             for (name, v) in self.program.output_values() {
-                let value = values[*v].clone().ok_or_else(|| {
-                    Error::Internal(format!("output '{name}' (%{v}) was not computed"))
-                })?;
+                let value = Compiled::output_value(name, *v, &values)?.clone();
                 wanted.push((name.clone(), value));
             }
             let encoder = rec.encode();

@@ -171,6 +171,36 @@ impl Compiled {
         self.is_output[id]
     }
 
+    /// The values node `id` reads, in input order, from a run's `values` (indexed by value
+    /// id; every device's executor keeps one); an internal error names one not live.
+    pub fn live_args<'v, T>(&self, id: ValueId, values: &'v [Option<T>]) -> Result<Vec<&'v T>> {
+        self.nodes[id]
+            .inputs
+            .iter()
+            .map(|&i| {
+                values[i].as_ref().ok_or_else(|| {
+                    Error::Internal(format!("node %{id} reads %{i}, which is not live"))
+                })
+            })
+            .collect()
+    }
+
+    /// After node `id` has run: drops the values it was the last to read (outputs stay).
+    pub fn release_after<T>(&self, id: ValueId, values: &mut [Option<T>]) {
+        for &i in &self.nodes[id].inputs {
+            if self.last_use[i] == Some(id) && !self.is_output[i] {
+                values[i] = None;
+            }
+        }
+    }
+
+    /// Output `name` (value `v`) of a run's `values`; an internal error if it was not computed.
+    pub fn output_value<'v, T>(name: &str, v: ValueId, values: &'v [Option<T>]) -> Result<&'v T> {
+        values[v]
+            .as_ref()
+            .ok_or_else(|| Error::Internal(format!("output '{name}' (%{v}) was not computed")))
+    }
+
     /// (name, type) of each input.
     pub fn inputs(&self) -> impl Iterator<Item = (&str, &TensorType)> {
         self.inputs
@@ -349,15 +379,7 @@ impl Compiled {
             let out = match out {
                 Some(t) => t,
                 None => {
-                    let args: Vec<&Tensor> = node
-                        .inputs
-                        .iter()
-                        .map(|&i| {
-                            values[i].as_ref().ok_or_else(|| {
-                                Error::Internal(format!("node %{id} reads %{i}, which is not live"))
-                            })
-                        })
-                        .collect::<Result<_>>()?;
+                    let args = self.live_args(id, &values)?;
                     // The op takes the offered region only if no live storage overlaps
                     // it (the arena's registry decides); else it allocates afresh.
                     match planned {
@@ -388,19 +410,13 @@ impl Compiled {
                 )));
             }
             values[id] = Some(out);
-            for &i in &node.inputs {
-                if self.last_use[i] == Some(id) && !self.is_output[i] {
-                    values[i] = None;
-                }
-            }
+            self.release_after(id, &mut values);
         }
         // Outputs leave the arena (it is reused by the next run).
         self.outputs
             .iter()
             .map(|(name, v)| {
-                let t = values[*v].as_ref().ok_or_else(|| {
-                    Error::Internal(format!("output '{name}' (%{v}) was not computed"))
-                })?;
+                let t = Self::output_value(name, *v, &values)?;
                 let t = if t.storage().is_arena() {
                     Tensor::from_bytes(t.dtype(), t.shape(), &t.contiguous_bytes()?)?
                 } else {
