@@ -194,6 +194,25 @@ def test_prepacked_weights_deeper_than_one_block(isa, m):
         assert np.all(np.abs(got - ref) <= tol)
 
 
+@pytest.mark.parametrize("k", [67, 2101])
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+def test_prepacked_bf16_small_m_odd_depth(isa, m, k):
+    """M <= 8 over bf16 weights, as stored and pre-packed: odd K (the last k-pair half empty), K beyond one
+    packed block, a partial last panel (70 columns), and an epilogue on top."""
+    rng = np.random.default_rng(m * k)
+    n = 70
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    wb = rng.standard_normal((n, k), dtype=np.float32).astype(ml_dtypes.bfloat16)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    ref = x.astype(np.float64) @ wb.astype(np.float64).T + bias
+    # Where the CPU has AVX512_BF16 and M > 8 the activations are rounded to bf16; here
+    # (M <= 8) the weights are widened exactly, so f32 accumulation bounds the error.
+    tol = 1e-6 + 2 * f32_tol(x, wb.astype(np.float32).T)
+    for weight in (rt.tensor(wb), rt.prepack(rt.tensor(wb))):  # as stored (N x K), packed
+        got = rt.linear(x, weight, bias=bias).numpy()
+        assert np.all(np.abs(got - ref) <= tol), type(weight)
+
+
 @pytest.mark.parametrize("n", [192, 576, 607])
 @pytest.mark.parametrize("m", [1, 5])
 def test_prepacked_small_m_split_across_threads(isa, m, n):

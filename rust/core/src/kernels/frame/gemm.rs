@@ -116,7 +116,7 @@ impl KernelKind {
     }
 
     /// Packed B elements (f32 or bf16 halves) per k-step per column.
-    fn b_units(self, kc: usize) -> usize {
+    pub(crate) fn b_units(self, kc: usize) -> usize {
         match self {
             KernelKind::F32 { .. } => kc,
             KernelKind::Bf16Avx512 => kc.div_ceil(2) * 2,

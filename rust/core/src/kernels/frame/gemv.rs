@@ -281,25 +281,8 @@ unsafe fn run_avx2(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
 
 fn run(isa: Isa, job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx512, Form::KnF32(b)) = (isa, form) {
-        if b.rs > 0 {
-            // SAFETY: Avx512 is current only after dispatch confirmed AVX-512; B's rows
-            // 0..k and columns j0..j1 are inside the view; this task owns C[:, j0..j1].
-            unsafe {
-                crate::kernels::x86_64::avx512_gemv_f32::avx512_gemv_kn_f32(
-                    job.m,
-                    job.k,
-                    job.a.as_ptr(),
-                    b.ptr,
-                    b.rs as usize,
-                    job.out.base(),
-                    job.out.ldc,
-                    j0,
-                    j1,
-                )
-            };
-            return;
-        }
+    if isa == Isa::Avx512 && run_avx512_kernel(job, form, j0, j1) {
+        return;
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -310,6 +293,65 @@ fn run(isa: Isa, job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
         Isa::Avx2 => unsafe { run_avx2(job, form, j0, j1) },
         _ => run_body(job, form, j0, j1),
     }
+}
+
+/// Columns (or packed panels) [j0, j1) with the AVX-512 kernel for this form of B;
+/// false where there is none (then the portable body runs).
+#[cfg(target_arch = "x86_64")]
+fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> bool {
+    use crate::kernels::x86_64::avx512_gemv::{
+        avx512_gemv_kn_f32, avx512_gemv_nk, avx512_gemv_packed, NkElem, PanelKind, StreamArgs,
+        PACKED_NR,
+    };
+    let stream = |b: *const u8, ldb: isize| StreamArgs {
+        m: job.m,
+        k: job.k,
+        a: job.a.as_ptr(),
+        b,
+        ldb: ldb as usize,
+        c: job.out.base(),
+        ldc: job.out.ldc,
+    };
+    // SAFETY (all three calls): the caller runs this only at Isa::Avx512, current only
+    // after dispatch confirmed AVX-512 F/BW/DQ/VL + FMA; A holds m rows of k floats; B's
+    // rows (or W's rows, or the packed panels) for columns j0..j1 are inside the view
+    // with the strides passed; this task owns C[:, j0..j1].
+    match form {
+        Form::KnF32(b) if b.rs > 0 => unsafe {
+            avx512_gemv_kn_f32(&stream(b.ptr.cast(), b.rs), j0, j1)
+        },
+        Form::NkF32(b) if b.cs > 0 => unsafe {
+            avx512_gemv_nk(NkElem::F32, &stream(b.ptr.cast(), b.cs), j0, j1)
+        },
+        Form::NkBf16(b) if b.cs > 0 => unsafe {
+            avx512_gemv_nk(NkElem::Bf16, &stream(b.ptr.cast(), b.cs), j0, j1)
+        },
+        Form::Packed(p) => {
+            let (kind, base, elem) = match p.kind {
+                KernelKind::Bf16Avx512 => {
+                    (PanelKind::Bf16Pairs, p.bf16_data.as_ptr().cast::<u8>(), 2)
+                }
+                KernelKind::F32 { isa: Isa::Avx512 } => {
+                    (PanelKind::F32, p.f32_data.as_ptr().cast::<u8>(), 4)
+                }
+                _ => return false,
+            };
+            if p.kind.mr_nr().1 != PACKED_NR {
+                return false;
+            }
+            for pc in (0..job.k).step_by(p.kind.kc()) {
+                let kc = p.kind.kc().min(job.k - pc);
+                let at = p.panel_offset(pc, j0 * PACKED_NR);
+                let mut block = stream(base.wrapping_add(at * elem), 0);
+                block.a = job.a[pc..].as_ptr();
+                let panel_bytes = PACKED_NR * p.kind.b_units(kc) * elem;
+                // SAFETY: as above; panels j0..j1 of depth block pc start at `at`.
+                unsafe { avx512_gemv_packed(kind, &block, kc, panel_bytes, j0, j1, p.n, pc > 0) };
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// C = A · B (+ epilogue) for M ≤ 8.

@@ -10,7 +10,7 @@ pub mod avx2_reduce;
 pub mod avx2_softmax;
 pub mod avx512_attention_f32;
 pub mod avx512_elementwise;
-pub mod avx512_gemv_f32;
+pub mod avx512_gemv;
 pub mod avx512_mmm_bf16_12x32;
 pub mod avx512_mmm_f32_12x32;
 pub mod avx512_norm;
