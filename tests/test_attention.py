@@ -120,6 +120,28 @@ def test_decode_single_query_long_cache(isa):
     check(attention(q, k, v, causal=True, mask=mask), reference(q, k, v, causal=True, mask=mask))
 
 
+@pytest.mark.parametrize("sq,hq,hkv,d", [(1, 9, 3, 64), (2, 4, 1, 128), (1, 8, 1, 96), (3, 2, 1, 64), (1, 2, 2, 32)])
+@pytest.mark.parametrize("sk", [1, 17, 129, 300])
+@pytest.mark.parametrize("kv_layout", ["cache_view", "bhsd"])
+def test_few_query_rows_read_keys_in_place(isa, sq, hq, hkv, d, sk, kv_layout):
+    """Tasks of at most 8 query rows (decode: one query per head of a GQA group) read K
+    and V rows where they are: a slice of a larger cache, or a [b, h, s, d] layout."""
+    rng = np.random.default_rng(sq * 1000 + sk)
+    b = 2
+    q = rng.standard_normal((b, sq, hq, d), dtype=np.float32)
+    if kv_layout == "cache_view":
+        cache = rng.standard_normal((2, b, sk + 40, hkv, d), dtype=np.float32) * 3
+        k, v = cache[0, :, :sk], cache[1, :, :sk]
+    else:
+        k = (rng.standard_normal((b, hkv, sk, d), dtype=np.float32) * 3).transpose(0, 2, 1, 3)
+        v = rng.standard_normal((b, hkv, sk, d), dtype=np.float32).transpose(0, 2, 1, 3)
+    mask = rng.random((b, sk)) < 0.8
+    mask[:, -1] = True
+    for causal in (False, True):
+        for m in (None, mask):
+            check(attention(q, k, v, causal=causal, mask=m), reference(q, k, v, causal=causal, mask=m))
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_several_query_and_key_blocks(isa, causal):
     """Longer than one tile (128 keys, 128 query rows): the online softmax rescales across blocks."""
