@@ -32,6 +32,7 @@ THREADS = int(os.environ.get("RTSERVE_NUM_THREADS", "2"))
 import numpy as np  # noqa: E402
 
 import rtserve as rt  # noqa: E402
+from rtserve.bench import read_bandwidth_gbs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402  (benches/machine.py)
@@ -104,18 +105,6 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "t2", "bos_token": "t1"}))
 
 
-def bandwidth_gbs() -> float:
-    """Read bandwidth on all threads: rt.sum over 256 MiB, best of 5."""
-    a = rt.tensor(np.ones(64 << 20, dtype=np.float32))
-    rt.sum(a)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        rt.sum(a)
-        best = min(best, time.perf_counter() - t)
-    return a.nbytes / best / 1e9
-
-
 def run_rtserve(folder: Path, dtype: str, prompt: list[int], new: int, rounds: int) -> tuple[float, float]:
     model = rt.load(folder, dtype=dtype)
     model.generate(prompt, max_tokens=4, ignore_eos=True)  # warm-up: both graphs, first plans
@@ -171,7 +160,7 @@ def main() -> None:
     new = 16 if args.quick else 128
     rounds = 1 if args.quick else 3
     prompt = [int(x) for x in np.random.default_rng(1).integers(3, SHAPE["vocab_size"], 32)]
-    bw = bandwidth_gbs()
+    bw = read_bandwidth_gbs()
     rows = []
     with tempfile.TemporaryDirectory(prefix="rtserve-decode-") as tmp:
         folder = Path(tmp) / "smollm2-135m-shape"

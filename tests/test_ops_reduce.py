@@ -56,6 +56,30 @@ def test_sum_is_accurate_for_long_rows(isa):
     np.testing.assert_allclose(np.asarray(cols), x[:1_000_000].reshape(10_000, 100).astype(np.float64).sum(0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_long_rows_split_across_threads(isa, threads):
+    """Fewer rows than threads, each over 2^18 elements: every row is reduced in parts on
+    the pool; the parts combine to the same sum, mean, max and min, NaN included."""
+    before = rt.num_threads()
+    rt.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(threads)
+        x = (rng.standard_normal((2, 300_007)) * 10).astype(np.float32)
+        x[1, 123_456] = 1e30  # a maximum inside one part
+        x64 = x.astype(np.float64)
+        for axis in (None, -1):
+            n = x.size if axis is None else x.shape[1]
+            check_sum(rt.sum(x, axis=axis), x64, axis, n)
+            np.testing.assert_allclose(np.asarray(rt.mean(x, axis)), x64.mean(axis=axis), rtol=2e-6 * np.sqrt(n))
+            np.testing.assert_array_equal(np.asarray(rt.max(x, axis)), x.max(axis=axis))
+            np.testing.assert_array_equal(np.asarray(rt.min(x, axis)), x.min(axis=axis))
+        x[0, 299_000] = np.nan
+        assert np.isnan(np.asarray(rt.max(x[:1], -1))).all() and np.isnan(np.asarray(rt.sum(x))).all()
+        assert np.isnan(np.asarray(rt.min(x[:1], -1))).all()
+    finally:
+        rt.set_num_threads(before)
+
+
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=3), st.integers(-3, 2), st.integers(0, 2**31))
 @settings(max_examples=30, deadline=None)
 def test_reductions_hypothesis_strided(shape, axis, seed):

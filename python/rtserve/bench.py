@@ -10,7 +10,8 @@ the percentages come from a measurement on the machine that ran them, not a data
 - **int8 dot**: ``rt.peak_gflops("i8")`` (``vpdpbusd``, u8 x i8 into i32), where the CPU has
   AVX512_VNNI, in GOP/s; otherwise the line says which int8 dot flags the CPU has and that
   it was not measured.
-- **read bandwidth**: ``rt.sum`` over a 256 MiB f32 buffer on every pool thread, best of 5
+- **read bandwidth**: ``rt.sum`` over a 256 MiB f32 buffer of random values on every pool
+  thread, best of 5
   (the figure that bounds bandwidth-bound work such as batch-1 decoding).
 
 Example::
@@ -65,7 +66,9 @@ def read_bandwidth_gbs(nbytes: int = _BANDWIDTH_BYTES, repeats: int = 5) -> floa
     """
     import numpy as np
 
-    buffer = _core.tensor(np.ones(nbytes // 4, dtype=np.float32))
+    # Distinct values: a buffer of one repeated value (np.ones) reads at twice this machine's
+    # bandwidth, apparently from pages the host merged (KSM / same-page merging).
+    buffer = _core.tensor(np.random.default_rng(0).random(nbytes // 4, dtype=np.float32))
     _core.sum(buffer)  # first touch and warm-up
     best = float("inf")
     for _ in range(repeats):

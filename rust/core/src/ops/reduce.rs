@@ -9,7 +9,8 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::frame::rowwise::{self, ColumnReduce};
-use crate::kernels::isa;
+use crate::kernels::frame::threads::num_threads;
+use crate::kernels::{isa, Isa};
 use crate::shape::{around, normalize_axis};
 use crate::tensor::Tensor;
 
@@ -92,6 +93,44 @@ pub fn reduce(kind: Reduce, x: &Tensor, axis: Option<isize>, keepdims: bool) -> 
     flat.reshape(&out_shape.iter().map(|&d| d as isize).collect::<Vec<_>>())
 }
 
+/// Rows at least this long are split across the pool when there are fewer rows than threads.
+const SPLIT_ROW: usize = 1 << 18;
+
+/// Sum (× scale), max or min of one long row, in parts of whole accumulation blocks on
+/// the pool; NaN propagates through max and min as in the row kernels.
+fn long_row_f32(isa: Isa, kind: Reduce, row: &[f32], scale: f64) -> f32 {
+    let part = (row.len() / (num_threads() * 4))
+        .next_multiple_of(crate::kernels::generic::reduce::BLOCK)
+        .max(1);
+    let mut partial = vec![0.0f64; row.len().div_ceil(part)];
+    rowwise::for_each_chunk(&mut partial, 1, 1, |i, slot| {
+        let xs = &row[i * part..((i + 1) * part).min(row.len())];
+        slot[0] = match kind {
+            Reduce::Max | Reduce::Min => {
+                let mut e = [0.0f32];
+                rowwise::extreme_rows_f32(isa, xs, &mut e, kind == Reduce::Max);
+                f64::from(e[0])
+            }
+            _ => {
+                let mut t = [0.0f64];
+                rowwise::sum_rows_f32(isa, xs, &mut t);
+                t[0]
+            }
+        };
+    });
+    match kind {
+        Reduce::Max | Reduce::Min => {
+            let pick = |a: f64, b: f64| match kind {
+                _ if a.is_nan() || b.is_nan() => f64::NAN,
+                Reduce::Max => a.max(b),
+                _ => a.min(b),
+            };
+            partial.into_iter().reduce(pick).unwrap_or(f64::NAN) as f32
+        }
+        _ => (partial.iter().sum::<f64>() * scale) as f32,
+    }
+}
+
 /// f32 on the SIMD kernels; returns outer * inner values (flat).
 fn reduce_f32(
     kind: Reduce,
@@ -138,7 +177,13 @@ fn reduce_f32(
             out.fill(if kind == Reduce::Mean { f32::NAN } else { 0.0 });
             return Ok(());
         }
-        if inner == 1 {
+        if inner == 1 && rows < num_threads() && n >= SPLIT_ROW {
+            // Fewer rows than threads, and long: each row is reduced in parts on the pool
+            // (one task per row would leave threads idle, and a whole-tensor sum is one row).
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = long_row_f32(isa, kind, &data[r * n..(r + 1) * n], scale);
+            }
+        } else if inner == 1 {
             let per_task = rowwise::units_per_task(rows, n);
             rowwise::for_each_chunk(out, 1, per_task, |first, chunk| {
                 let xs = &data[first * n..(first + chunk.len()) * n];

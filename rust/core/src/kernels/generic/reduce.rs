@@ -6,6 +6,8 @@
 //! the block totals in f64, so the rounding error grows with BLOCK / 16, not
 //! with the row length. The references accumulate in f64.
 
+use crate::kernels::frame::prefetch::stream_ahead;
+
 /// Elements per block whose lane totals are added in f64.
 pub const BLOCK: usize = 1024;
 const LANES: usize = 16;
@@ -13,12 +15,29 @@ const LANES: usize = 16;
 /// sum(f(x[i])) with lane accumulators; returned in f64.
 #[inline(always)]
 pub fn lane_sum_body(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum::<false>(x, f)
+}
+
+/// `lane_sum_body` for long rows read from memory: prefetches ahead of the stream.
+#[inline(always)]
+pub fn lane_sum_streaming(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum::<true>(x, f)
+}
+
+/// Rows at least this long (in elements) are summed with `lane_sum_streaming`.
+pub const STREAMING_ROW: usize = 64 * 1024;
+
+#[inline(always)]
+fn lane_sum<const STREAM: bool>(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0.0f64;
     for block in x.chunks(BLOCK) {
         let mut acc = [0.0f32; LANES];
         let chunks = block.chunks_exact(LANES);
         let tail = chunks.remainder();
         for c in chunks {
+            if STREAM {
+                stream_ahead(c.as_ptr().cast());
+            }
             for j in 0..LANES {
                 acc[j] += f(c[j]);
             }

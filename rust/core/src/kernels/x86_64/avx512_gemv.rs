@@ -147,10 +147,10 @@ pub const PACKED_NR: usize = 32;
 /// Bytes ahead of the current k-step that the packed kernels prefetch. The panels a
 /// task reads are contiguous, so this runs into the next panel; a core then keeps
 /// enough lines in flight to stream at DRAM speed (the hardware prefetcher alone
-/// left one thread at about three quarters of it).
-/// (Measured on Zen 5 over the SmolLM2-135M decode: 512 B ahead 114–117 tok/s bf16,
-/// 1 KiB 117, 2 KiB 121–123, 4 KiB 114–129: the noise of this machine.)
-const PREFETCH_AHEAD: usize = 2048;
+/// left one thread at about three quarters of it). (Measured on Zen 5 over the
+/// SmolLM2-135M decode: 512 B ahead 114–117 tok/s bf16, 1 KiB 117, 2 KiB 121–123,
+/// 4 KiB 114–129: the noise of this machine.)
+const PREFETCH_AHEAD: usize = crate::kernels::frame::prefetch::STREAM_AHEAD;
 
 /// Which packed layout a panel holds.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
