@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{IntoPyDict, PyDict, PyTuple};
@@ -40,7 +41,10 @@ impl ExternalBuffer for NumpyOwner {
 }
 
 /// The rtserve dtype of a numpy dtype.
-fn dtype_of(kind: u8, itemsize: usize, name: &str) -> PyResult<DType> {
+/// The dtype of numpy's (kind, itemsize); `name` (a Python attribute lookup, slow next to
+/// the rest of a feed) is asked only for the kinds that need it (ml_dtypes' bfloat16) and
+/// for errors.
+fn dtype_of(kind: u8, itemsize: usize, name: impl Fn() -> PyResult<String>) -> PyResult<DType> {
     Ok(match (kind, itemsize) {
         (b'f', 4) => DType::F32,
         (b'f', 8) => DType::F64,
@@ -51,12 +55,14 @@ fn dtype_of(kind: u8, itemsize: usize, name: &str) -> PyResult<DType> {
         (b'i', 1) => DType::I8,
         (b'u', 1) => DType::U8,
         (b'b', 1) => DType::Bool,
-        _ if name == "bfloat16" => DType::BF16,
-        _ => {
-            return Err(dtype_error(format!(
-                "tensor: numpy dtype {name} is not supported; supported: float32, float64, float16, bfloat16 (ml_dtypes), int64, int32, int16, int8, uint8, bool"
-            )))
-        }
+        _ => match name()? {
+            n if n == "bfloat16" => DType::BF16,
+            n => {
+                return Err(dtype_error(format!(
+                    "tensor: numpy dtype {n} is not supported; supported: float32, float64, float16, bfloat16 (ml_dtypes), int64, int32, int16, int8, uint8, bool"
+                )))
+            }
+        },
     })
 }
 
@@ -82,20 +88,22 @@ fn wrap(
         let copy = arr.call_method1("astype", (native,))?;
         return wrap(py, &copy, as_bits, copied);
     }
-    let name: String = descr.getattr("name")?.extract()?;
-    let itemsize = descr.itemsize();
+    let name = || -> PyResult<String> { descr.getattr(intern!(py, "name"))?.extract() };
+    let (kind, itemsize) = (descr.kind(), descr.itemsize());
     let dtype = match as_bits {
-        Some(d) if d.size() == itemsize && (descr.kind() == b'u' || name == "bfloat16") => d,
+        Some(d) if d.size() == itemsize && (kind == b'u' || name()? == "bfloat16") => d,
         Some(d) => {
             return Err(dtype_error(format!(
-                "tensor: cannot reinterpret numpy {name} as {d}: raw bits need an unsigned array of the same item size"
+                "tensor: cannot reinterpret numpy {} as {d}: raw bits need an unsigned array of the same item size",
+                name()?
             )))
         }
-        None => dtype_of(descr.kind(), itemsize, &name)?,
+        None => dtype_of(kind, itemsize, name)?,
     };
     if itemsize != dtype.size() {
         return Err(dtype_error(format!(
-            "tensor: numpy {name} has item size {itemsize}, {dtype} needs {}",
+            "tensor: numpy {} has item size {itemsize}, {dtype} needs {}",
+            name()?,
             dtype.size()
         )));
     }

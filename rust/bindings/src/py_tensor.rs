@@ -1,5 +1,6 @@
 //! `rtserve.Tensor`: a thin Python face over the core tensor.
 
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyEllipsis, PySlice, PyString, PyTuple};
@@ -28,13 +29,13 @@ pub fn to_tensor(py: Python<'_>, obj: &Bound<'_, PyAny>, bf16_bits: bool) -> PyR
     if let Ok(t) = obj.cast::<PyTensor>() {
         return Ok(t.get().inner.clone());
     }
-    let numpy = py.import("numpy")?;
-    let arr = if obj.is_instance(&numpy.getattr("ndarray")?)? {
+    let arr = if obj.cast::<PyUntypedArray>().is_ok() {
         obj.clone()
     } else {
-        numpy.call_method1("asarray", (obj,))?
+        py.import("numpy")?.call_method1("asarray", (obj,))?
     };
-    let is_u16 = arr.getattr("dtype")?.getattr("name")?.extract::<String>()? == "uint16";
+    let descr = arr.cast::<PyUntypedArray>()?.dtype();
+    let is_u16 = descr.kind() == b'u' && descr.itemsize() == 2;
     numpy_interop::from_numpy(py, &arr, (bf16_bits && is_u16).then_some(DType::BF16))
 }
 
