@@ -14,7 +14,7 @@ use crate::layout::Layout;
 use crate::shape::broadcast_shapes;
 use crate::tensor::Tensor;
 
-use super::data::{as_dtype, compute_dtype, new_tensor, storage_elements};
+use super::data::{as_dtype, coalesce, compute_dtype, new_tensor, storage_elements};
 
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(Binary::Add, a, b)
@@ -100,12 +100,12 @@ pub fn binary_in_place(
     let Some(out) = a.unique_elements_mut::<f32>() else {
         return Err(a);
     };
-    let dims = coalesce(&shape, &la, &lb);
-    let (n, _, sb) = *dims.last().unwrap_or(&(1, 0, 0));
+    let dims = coalesce(&shape, [&la, &lb]);
+    let (n, [_, sb]) = *dims.last().unwrap_or(&(1, [0, 0]));
     let outer = &dims[..dims.len() - 1];
     let b_row_offset = |mut r: usize| -> isize {
         let mut ob = lb.offset() as isize;
-        for &(d, _, xb) in outer.iter().rev() {
+        for &(d, [_, xb]) in outer.iter().rev() {
             ob += (r % d) as isize * xb;
             r /= d;
         }
@@ -141,30 +141,6 @@ pub fn binary_in_place(
     Ok(a)
 }
 
-/// Dimensions of the broadcast iteration after merging runs that are
-/// contiguous in both operands: (size, stride in a, stride in b).
-fn coalesce(shape: &[usize], la: &Layout, lb: &Layout) -> Vec<(usize, isize, isize)> {
-    let mut dims: Vec<(usize, isize, isize)> = Vec::new();
-    for (i, &d) in shape.iter().enumerate() {
-        if d == 1 {
-            continue;
-        }
-        let (sa, sb) = (la.strides()[i], lb.strides()[i]);
-        if let Some(last) = dims.last_mut() {
-            let n = d as isize;
-            if last.1 == sa * n && last.2 == sb * n {
-                *last = (last.0 * d, sa, sb);
-                continue;
-            }
-        }
-        dims.push((d, sa, sb));
-    }
-    if dims.is_empty() {
-        dims.push((1, 0, 0));
-    }
-    dims
-}
-
 fn run<T: BinaryScalar + Element>(
     isa: Isa,
     op: Binary,
@@ -176,13 +152,13 @@ fn run<T: BinaryScalar + Element>(
 ) -> Result<Tensor> {
     let da = storage_elements::<T>(a)?;
     let db = storage_elements::<T>(b)?;
-    let dims = coalesce(shape, la, lb);
-    let (n, sa, sb) = *dims.last().unwrap_or(&(1, 0, 0));
+    let dims = coalesce(shape, [la, lb]);
+    let (n, [sa, sb]) = *dims.last().unwrap_or(&(1, [0, 0]));
     let outer = &dims[..dims.len() - 1];
     // Storage offsets of the first element of output row `r`.
     let row_offsets = |mut r: usize| -> (isize, isize) {
         let (mut oa, mut ob) = (la.offset() as isize, lb.offset() as isize);
-        for &(d, xa, xb) in outer.iter().rev() {
+        for &(d, [xa, xb]) in outer.iter().rev() {
             let i = (r % d) as isize;
             r /= d;
             oa += i * xa;

@@ -117,6 +117,33 @@ pub fn for_each_offsets<const N: usize>(layouts: [&Layout; N], mut f: impl FnMut
     }
 }
 
+/// Dimensions of a broadcast iteration over `N` operands after dropping size-1 dims and
+/// merging runs contiguous in every operand: (size, stride in each operand). Never empty.
+pub fn coalesce<const N: usize>(
+    shape: &[usize],
+    layouts: [&Layout; N],
+) -> Vec<(usize, [isize; N])> {
+    let mut dims: Vec<(usize, [isize; N])> = Vec::new();
+    for (i, &d) in shape.iter().enumerate() {
+        if d == 1 {
+            continue;
+        }
+        let strides: [isize; N] = std::array::from_fn(|k| layouts[k].strides()[i]);
+        if let Some(last) = dims.last_mut() {
+            let n = d as isize;
+            if (0..N).all(|k| last.1[k] == strides[k] * n) {
+                *last = (last.0 * d, strides);
+                continue;
+            }
+        }
+        dims.push((d, strides));
+    }
+    if dims.is_empty() {
+        dims.push((1, [0; N]));
+    }
+    dims
+}
+
 /// Moves `axis` to the end: a view, plus the permutation that moves it back.
 pub fn axis_to_last(t: &Tensor, axis: usize) -> Result<(Tensor, Vec<usize>)> {
     let nd = t.ndim();

@@ -8,7 +8,7 @@ use crate::shape::broadcast_shapes;
 use crate::tensor::Tensor;
 use crate::with_element_type;
 
-use super::data::{for_each_offsets, new_tensor, storage_elements};
+use super::data::{coalesce, for_each_offsets, new_tensor, storage_elements};
 
 /// `cond ? a : b` elementwise; cond is bool, a and b share a dtype.
 pub fn where_(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -72,26 +72,27 @@ fn select(op: &str, cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     with_element_type!(a.dtype(), T, {
         let (da, db) = (storage_elements::<T>(a)?, storage_elements::<T>(b)?);
         new_tensor::<T>(&shape, |out| {
-            let Some(&n) = shape.last().filter(|&&n| n > 1) else {
-                let mut i = 0;
-                for_each_offsets([&lc, &la, &lb], |[oc, oa, ob]| {
-                    out[i] = if c[oc].0 != 0 { da[oa] } else { db[ob] };
-                    i += 1;
-                });
+            // Row by row over the dims merged where all three are contiguous (a decoder's
+            // cache update, [b, ctx, 1, 1] ? [b, 1, h, d] : [b, ctx, h, d], copies rows of
+            // h*d): a condition constant along the row copies or fills it from one side.
+            if out.is_empty() {
                 return Ok(());
-            };
-            // Row by row along the last dimension: a condition constant along the row
-            // (broadcast there) copies or fills the whole row from one side.
-            let last = shape.len() - 1;
-            let outer = |l: &Layout| {
+            }
+            let dims = coalesce(&shape, [&lc, &la, &lb]);
+            let (n, [sc, sa, sb]) = dims[dims.len() - 1];
+            let outer = &dims[..dims.len() - 1];
+            let outer_layout = |k: usize, l: &Layout| {
                 Layout::new(
-                    shape[..last].to_vec(),
-                    l.strides()[..last].to_vec(),
+                    outer.iter().map(|d| d.0).collect(),
+                    outer.iter().map(|d| d.1[k]).collect(),
                     l.offset(),
                 )
             };
-            let (oc_l, oa_l, ob_l) = (outer(&lc)?, outer(&la)?, outer(&lb)?);
-            let (sc, sa, sb) = (lc.strides()[last], la.strides()[last], lb.strides()[last]);
+            let (oc_l, oa_l, ob_l) = (
+                outer_layout(0, &lc)?,
+                outer_layout(1, &la)?,
+                outer_layout(2, &lb)?,
+            );
             let mut rows = out.chunks_exact_mut(n);
             for_each_offsets([&oc_l, &oa_l, &ob_l], |[oc, oa, ob]| {
                 let Some(row) = rows.next() else { return };
