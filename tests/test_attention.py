@@ -142,6 +142,49 @@ def test_few_query_rows_read_keys_in_place(isa, sq, hq, hkv, d, sk, kv_layout):
             check(attention(q, k, v, causal=causal, mask=m), reference(q, k, v, causal=causal, mask=m))
 
 
+@pytest.mark.parametrize("sk,n", [(0, 1), (37, 1), (129, 1), (300, 3), (5, 140)])
+def test_appended_keys_equal_the_keys_joined(isa, sk, n):
+    """k_append/v_append: keys after k and v, read in place (a decoder's new token beside a
+    view of its cache); the mask covers k only, causal alignment counts the appended keys."""
+    rng = np.random.default_rng(sk + n)
+    b, hq, hkv, d = 2, 6, 2, 64
+    cache = rng.standard_normal((2, b, sk + 50, hkv, d), dtype=np.float32)
+    k, v = cache[0, :, :sk], cache[1, :, :sk]  # strided views of a larger cache
+    ka = rng.standard_normal((b, n, hkv, d), dtype=np.float32)
+    va = rng.standard_normal((b, n, hkv, d), dtype=np.float32)
+    mask = rng.random((b, sk)) < 0.7
+    k_all, v_all = np.concatenate([k, ka], 1), np.concatenate([v, va], 1)
+    mask_all = np.concatenate([mask, np.ones((b, n), bool)], 1)
+    for sq in (1, n):
+        q = rng.standard_normal((b, sq, hq, d), dtype=np.float32)
+        for causal in (False, True):
+            got = rt.attention(q, k, v, causal=causal, mask=mask, k_append=ka, v_append=va)
+            check(got, reference(q, k_all, v_all, causal=causal, mask=mask_all))
+    g = rt.Graph()
+    ins = [g.input(name, shape) for name, shape in (("q", (b, 1, hq, d)), ("k", (b, "ctx", hkv, d)), ("ka", (b, n, hkv, d)))]
+    m = g.input("mask", (b, "ctx"), "bool")
+    g.output("out", g.attention(ins[0], ins[1], ins[1], key_padding_mask=m, k_append=ins[2], v_append=ins[2]))
+    q = rng.standard_normal((b, 1, hq, d), dtype=np.float32)
+    got = g.compile().run({"q": q, "k": k, "ka": ka, "mask": mask})["out"]
+    check(got, reference(q, k_all, np.concatenate([k, ka], 1), mask=mask_all))
+
+
+def test_appended_keys_bad_input_raises():
+    q = np.zeros((1, 1, 2, 8), np.float32)
+    kv = np.zeros((1, 4, 1, 8), np.float32)
+    with pytest.raises(ValueError, match="go together"):
+        rt.attention(q, kv, kv, k_append=kv)
+    with pytest.raises(rt.ShapeError, match="k_append"):
+        rt.attention(q, kv, kv, k_append=np.zeros((1, 1, 2, 8), np.float32), v_append=np.zeros((1, 1, 2, 8), np.float32))
+    with pytest.raises(rt.UnsupportedError, match="segments"):
+        q4 = np.zeros((1, 4, 2, 8), np.float32)
+        rt.attention(q4, kv, kv, segments=[0, 4], k_append=kv[:, :1], v_append=kv[:, :1])
+    g = rt.Graph()
+    x = g.input("x", (1, 4, 1, 8))
+    with pytest.raises(rt.ShapeError, match="k_append"):
+        g.attention(g.input("q", (1, 1, 2, 8)), x, x, k_append=g.input("ka", (1, 1, 2, 8)), v_append=x)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_several_query_and_key_blocks(isa, causal):
     """Longer than one tile (128 keys, 128 query rows): the online softmax rescales across blocks."""

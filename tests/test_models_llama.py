@@ -315,6 +315,28 @@ def test_batched_step_equals_each_alone(model: rt.DecoderModel) -> None:
     assert [s.token_ids for s in seqs] == alone
 
 
+def test_decode_graph_with_the_cache_copied_gives_the_same_tokens(tiny: tuple[Path, dict[str, np.ndarray], Tiny]) -> None:
+    """The decode graph devices without appended-key attention get (the new key placed into a
+    copy of the cache with where) decodes the same tokens and logits as the CPU's, which reads
+    the cache in place and appends the new key."""
+    from rtserve.models import llama
+    from rtserve.models.hf import Weights
+
+    appended = rt.load(tiny[0])
+    copied = rt.load(tiny[0])
+    assert "new_slot" not in appended.decode.inputs
+    tensors = llama.load_tensors(copied.config, Weights(tiny[0], prefixes=("",)), copied.dtype)
+    copied.decode = llama.build_decode_graph(copied.config, tensors, append=False).compile()
+    assert "new_slot" in copied.decode.inputs
+    prompts = ["Hi", "The quick brown fox jumps", "Once upon a time"]
+    for m in (appended, copied):
+        seqs = [m.new_sequence(p, max_tokens=20, ignore_eos=True) for p in prompts]
+        while not all(s.finished for s in seqs):
+            m.step(seqs)
+        m.tokens = [s.token_ids for s in seqs]  # type: ignore[attr-defined]
+    assert appended.tokens == copied.tokens  # type: ignore[attr-defined]
+
+
 def test_sequences_join_and_leave_between_steps(model: rt.DecoderModel) -> None:
     prompts = ["Hello world", "numbers 1234", "def f(x):", "Les élèves"]
     lengths = [5, 20, 12, 16]

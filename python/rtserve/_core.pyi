@@ -206,6 +206,8 @@ def attention(
     scale: float | None = None,
     mask: ArrayLike | None = None,
     segments: ArrayLike | None = None,
+    k_append: ArrayLike | None = None,
+    v_append: ArrayLike | None = None,
 ) -> Tensor:
     """Fused softmax(q kᵀ·scale + mask) v; q [b, sq, hq, d], k [b, sk, hkv, d], v [b, sk, hkv, dv] -> f32 [b, sq, hq, dv].
 
@@ -215,8 +217,13 @@ def attention(
     segments packs sequences of different lengths into one (FlashAttention's cu_seqlens):
     integer offsets [n + 1] from 0 to seq, batch 1 and sq == sk; rows o[i]:o[i+1] attend only
     each other (causal counted from o[i]).
+    k_append / v_append ([b, n, hkv, d] and [b, n, hkv, dv], given together) are keys and values
+    after k and v along seq, read in place: a decoder passes its cache view as k, v and the new
+    tokens here, with no copy to join them. mask covers k only (appended keys are always
+    attended); causal alignment counts them (sk + n keys). Not with segments.
     Example: ``rt.attention(q, k, v, causal=True)``;
-    ``rt.attention(q, k, v, segments=[0, 5, 12])`` (two sequences of 5 and 7 tokens)
+    ``rt.attention(q, k, v, segments=[0, 5, 12])`` (two sequences of 5 and 7 tokens);
+    ``rt.attention(q_new, cache_k[:, :n], cache_v[:, :n], k_append=k_new, v_append=v_new)``
     """
 
 # --- graph -------------------------------------------------------------------
@@ -310,12 +317,15 @@ class Graph:
         scale: float | None = None,
         key_padding_mask: ValueLike | None = None,
         segments: ValueLike | None = None,
+        k_append: ValueLike | None = None,
+        v_append: ValueLike | None = None,
     ) -> Value:
         """Fused attention, BSHD layout; result f32 [batch, seq_q, heads_q, head_dim_v].
 
         key_padding_mask is [batch, seq_k], bool or integer, nonzero = attend. segments (integer
-        offsets [n + 1]) packs sequences along seq, as in ``rt.attention``; CPU only so far (the
-        cuda and wgpu devices refuse it with UnsupportedError).
+        offsets [n + 1]) packs sequences along seq; k_append / v_append are keys and values after
+        k and v, read in place; both as in ``rt.attention``. Both CPU only so far (the cuda and
+        wgpu devices refuse them with UnsupportedError at compile).
         """
     def embedding(self, weight: ValueLike, ids: ValueLike) -> Value: ...
     def reshape(self, x: ValueLike, shape: Sequence[Dim]) -> Value:

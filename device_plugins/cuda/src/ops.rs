@@ -230,9 +230,13 @@ fn native_suffix(d: DType) -> Option<&'static str> {
 pub fn supports(op: &Op, dtype: DType) -> bool {
     match op {
         Op::Input { .. } | Op::Constant(_) => true,
-        // Packed sequences (attention segments) run on the CPU only so far.
+        // Packed sequences (attention segments) and keys appended beside a cache run on
+        // the CPU only so far.
         Op::Attention {
             has_segments: true, ..
+        }
+        | Op::Attention {
+            has_append: true, ..
         } => false,
         Op::Embedding
         | Op::Reshape { .. }
@@ -416,10 +420,17 @@ pub fn execute(
             "attention over packed sequences (segments) is not implemented on this device".into(),
         )),
         Op::Attention {
+            has_append: true, ..
+        } => Err(unsupported(
+            "attention with appended keys (k_append, v_append) is not implemented on this device"
+                .into(),
+        )),
+        Op::Attention {
             causal,
             scale,
             has_key_padding_mask,
             has_segments: false,
+            has_append: false,
         } => attention(
             gpu,
             arg(0)?,

@@ -84,7 +84,10 @@ def _load_decoder(folder: Path, config: dict, device: str, dtype: str, max_conte
         linear_dtype = "bf16" if probe.dtype == "bf16" else "f32"
     tensors = llama.load_tensors(cfg, weights, linear_dtype)
     prefill = llama.build_prefill_graph(cfg, tensors).compile(device=device)
-    decode = llama.build_decode_graph(cfg, tensors).compile(device=device)
+    try:  # attention reading the cache in place, where the device's attention can
+        decode = llama.build_decode_graph(cfg, tensors).compile(device=device)
+    except UnsupportedError:
+        decode = llama.build_decode_graph(cfg, tensors, append=False).compile(device=device)
     return DecoderModel(
         folder=folder,
         config=cfg,

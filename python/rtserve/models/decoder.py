@@ -225,11 +225,23 @@ class DecoderModel:
         self.config = config
         self.tokenizer = tokenizer
         self.prefill = prefill
-        self.decode = decode
+        self.decode = decode  # (the setter notes which cache form the graph takes)
         self.dtype = dtype
         self.device = device
         self.eos_token_ids = list(eos_token_ids)
         self.chat_template = chat_template
+
+    @property
+    def decode(self) -> Compiled:
+        """The compiled decode graph (see ``models.llama``)."""
+        return self._decode_graph
+
+    @decode.setter
+    def decode(self, compiled: Compiled) -> None:
+        self._decode_graph = compiled
+        #: the graph places the new key into a copy of the cache (input new_slot) instead of
+        #: taking it as an appended key beside the cache, which it then reads in place.
+        self._copies_cache = "new_slot" in compiled.inputs
 
     @property
     def max_context(self) -> int:
@@ -370,9 +382,12 @@ class DecoderModel:
         feed: dict[str, Any] = {
             "input_ids": np.asarray([[s.token_ids[-1]] for s in seqs], dtype=np.int64),
             "positions": lengths[:, None].copy(),
-            "kv_mask": (slots <= lengths[:, None]).astype(np.int64),
-            "new_slot": (slots == lengths[:, None]).astype(np.int64),
         }
+        if self._copies_cache:  # the new key is placed into a copy of the cache
+            feed["kv_mask"] = (slots <= lengths[:, None]).astype(np.int64)
+            feed["new_slot"] = (slots == lengths[:, None]).astype(np.int64)
+        else:  # the new key is appended beside the cache, which is read in place
+            feed["kv_mask"] = (slots < lengths[:, None]).astype(np.int64)
         for i in range(c.num_layers):
             feed[f"past_k{i}"] = k[i]
             feed[f"past_v{i}"] = v[i]

@@ -10,13 +10,16 @@
   ``[batch, seq, kv_heads, head_dim]`` (keys after rope) for the KV cache.
 - **decode** — one new token per sequence: ``input_ids`` and ``positions`` int64
   ``[batch, 1]``, ``past_k{L}`` / ``past_v{L}`` f32 ``[batch, ctx, kv_heads, head_dim]``
-  (each sequence's cache, zero-padded to ``ctx``), ``kv_mask`` int64 ``[batch, ctx]``
-  (1 where a key is valid, the new token's slot included) and ``new_slot`` int64
-  ``[batch, ctx]`` (1 at the slot where the new token goes). The graph compiler cannot
-  concatenate along a symbolic dim, so the new key is placed with
-  ``where(new_slot, k_new, past_k)`` instead of ``concat([past_k, k_new])``. Outputs
-  ``logits`` ``[batch, 1, vocab]`` and the new token's ``k{L}`` / ``v{L}``
-  ``[batch, 1, kv_heads, head_dim]``, which the caller appends to the cache.
+  (each sequence's cache, zero-padded to ``ctx``) and ``kv_mask`` int64 ``[batch, ctx]``
+  (1 where a cached key is valid). Attention reads the cache in place and takes the new
+  token's key and value as appended keys (``k_append``/``v_append``), so nothing copies
+  the cache. Where the device's attention takes no appended keys (cuda, wgpu), the graph
+  has an input ``new_slot`` int64 ``[batch, ctx]`` (1 at the slot where the new token
+  goes), ``kv_mask`` also marks that slot, and the new key is placed with
+  ``where(new_slot, k_new, past_k)`` (the graph compiler cannot concatenate along a
+  symbolic dim). Outputs ``logits`` ``[batch, 1, vocab]`` and the new token's
+  ``k{L}`` / ``v{L}`` ``[batch, 1, kv_heads, head_dim]``, which the caller appends to the
+  cache.
 
 Each layer is Hugging Face's ``LlamaDecoderLayer``: RMSNorm, Q/K/V projections (bias for
 Qwen2 or ``attention_bias``), rope, grouped-query attention, output projection + residual,
@@ -332,16 +335,24 @@ def build_prefill_graph(config: LlamaConfig, tensors: dict[str, Tensor]) -> Grap
     return g
 
 
-def build_decode_graph(config: LlamaConfig, tensors: dict[str, Tensor]) -> Graph:
-    """One new token per sequence against its cached keys; see the module docstring."""
+def build_decode_graph(config: LlamaConfig, tensors: dict[str, Tensor], append: bool = True) -> Graph:
+    """One new token per sequence against its cached keys; see the module docstring.
+
+    ``append=True``: attention reads the cache where it is and takes the new token's key
+    and value beside it (``k_append``/``v_append``; ``kv_mask`` marks the cached slots
+    only). ``append=False``: the new key is placed into a copy of the cache with
+    ``where(new_slot, ...)`` (devices whose attention takes no appended keys).
+    """
     c = config
     g = Graph()
     L = _Layers(g, c, tensors)
     ids = g.input("input_ids", ("batch", 1), "i64")
     positions = g.input("positions", ("batch", 1), "i64")
     kv_mask = g.input("kv_mask", ("batch", "ctx"), "i64")
-    new_slot = g.input("new_slot", ("batch", "ctx"), "i64")
-    slot = g.reshape(g.cast(new_slot, "bool"), ("batch", "ctx", 1, 1))
+    slot = None
+    if not append:
+        new_slot = g.input("new_slot", ("batch", "ctx"), "i64")
+        slot = g.reshape(g.cast(new_slot, "bool"), ("batch", "ctx", 1, 1))
     cache_shape = ("batch", "ctx", c.num_kv_heads, c.head_dim)
     h = L.embed(ids)
     for i in range(c.num_layers):
@@ -350,9 +361,10 @@ def build_decode_graph(config: LlamaConfig, tensors: dict[str, Tensor]) -> Graph
         q, k, v = L.qkv(L.input_norm(h, i), i, positions, 1)
         g.output(f"k{i}", k)
         g.output(f"v{i}", v)
-        k_all = g.where(slot, k, past_k)
-        v_all = g.where(slot, v, past_v)
-        ctx = g.attention(q, k_all, v_all, causal=False, key_padding_mask=kv_mask)
+        if slot is None:
+            ctx = g.attention(q, past_k, past_v, key_padding_mask=kv_mask, k_append=k, v_append=v)
+        else:
+            ctx = g.attention(q, g.where(slot, k, past_k), g.where(slot, v, past_v), key_padding_mask=kv_mask)
         h = L.finish_layer(h, ctx, i, 1)
     g.output("logits", L.logits(h))
     return g

@@ -14,7 +14,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 use rtserve_core::device::{registry, Executable};
 use rtserve_core::exec::{CancelToken, Compiled};
-use rtserve_core::graph::{Dim, Graph, RopeArgs, TensorType, ValueId};
+use rtserve_core::graph::{AttentionSpec, Dim, Graph, RopeArgs, TensorType, ValueId};
 use rtserve_core::kernels::frame::epilogue::Activation;
 use rtserve_core::kernels::generic::elementwise::{Binary, Unary};
 use rtserve_core::ops::reduce::Reduce;
@@ -428,8 +428,10 @@ impl PyGraph {
     }
 
     /// Fused attention; `key_padding_mask` is [batch, seq_k], bool or integer, nonzero = attend;
-    /// `segments` (integer offsets [n + 1]) packs sequences along seq (batch 1, seq_q == seq_k).
-    #[pyo3(signature = (q, k, v, causal=false, scale=None, key_padding_mask=None, segments=None))]
+    /// `segments` (integer offsets [n + 1]) packs sequences along seq (batch 1, seq_q == seq_k);
+    /// `k_append`/`v_append` (together) are keys and values after k and v along seq, read in
+    /// place (a decoder's new tokens beside its cache); the mask covers k only.
+    #[pyo3(signature = (q, k, v, causal=false, scale=None, key_padding_mask=None, segments=None, k_append=None, v_append=None))]
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &mut self,
@@ -440,6 +442,8 @@ impl PyGraph {
         scale: Option<f32>,
         key_padding_mask: Option<&Bound<'_, PyAny>>,
         segments: Option<&Bound<'_, PyAny>>,
+        k_append: Option<&Bound<'_, PyAny>>,
+        v_append: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyValue> {
         guard(|| {
             let (q, k, v) = (
@@ -447,9 +451,23 @@ impl PyGraph {
                 self.value(k, None)?,
                 self.value(v, None)?,
             );
-            let mask = self.opt(key_padding_mask)?;
-            let segments = self.opt(segments)?;
-            let r = self.graph.attention(q, k, v, causal, scale, mask, segments);
+            let append = match (self.opt(k_append)?, self.opt(v_append)?) {
+                (Some(ka), Some(va)) => Some((ka, va)),
+                (None, None) => None,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "attention: k_append and v_append go together (give both or neither)",
+                    ))
+                }
+            };
+            let spec = AttentionSpec {
+                causal,
+                scale,
+                key_padding_mask: self.opt(key_padding_mask)?,
+                segments: self.opt(segments)?,
+                append,
+            };
+            let r = self.graph.attention_with(q, k, v, spec);
             self.wrap(r)
         })
     }

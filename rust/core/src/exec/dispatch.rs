@@ -89,17 +89,27 @@ pub fn execute(
             scale,
             has_key_padding_mask,
             has_segments,
-        } => attention(
-            arg(0)?,
-            arg(1)?,
-            arg(2)?,
-            &AttentionOptions {
-                causal: *causal,
-                scale: *scale,
-                key_padding_mask: optional(*has_key_padding_mask, 3)?.cloned(),
-                segments: optional(*has_segments, 3 + usize::from(*has_key_padding_mask))?.cloned(),
-            },
-        ),
+            has_append,
+        } => {
+            let at = 3 + usize::from(*has_key_padding_mask) + usize::from(*has_segments);
+            let append = match (optional(*has_append, at)?, optional(*has_append, at + 1)?) {
+                (Some(ka), Some(va)) => Some((ka.clone(), va.clone())),
+                _ => None,
+            };
+            attention(
+                arg(0)?,
+                arg(1)?,
+                arg(2)?,
+                &AttentionOptions {
+                    causal: *causal,
+                    scale: *scale,
+                    key_padding_mask: optional(*has_key_padding_mask, 3)?.cloned(),
+                    segments: optional(*has_segments, 3 + usize::from(*has_key_padding_mask))?
+                        .cloned(),
+                    append,
+                },
+            )
+        }
         Op::Embedding => gather::embedding(arg(0)?, arg(1)?),
         Op::Reshape { dims } => {
             let shape: Vec<isize> = resolve_all(dims, bindings)?

@@ -22,6 +22,18 @@ use super::dim::{format_dims, Dim};
 use super::node::{Node, TensorType, ValueId};
 use super::op::{Op, TopKOutput};
 
+/// What [`Graph::attention_with`] computes besides q, k, v: the flags and optional inputs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionSpec {
+    pub causal: bool,
+    /// Multiplies q·k; default 1/sqrt(head_dim).
+    pub scale: Option<f32>,
+    pub key_padding_mask: Option<ValueId>,
+    pub segments: Option<ValueId>,
+    /// (k_append, v_append): keys and values after k and v along seq.
+    pub append: Option<(ValueId, ValueId)>,
+}
+
 /// A graph under construction: nodes in the order they were added (which is
 /// a valid execution order, since a node only reads earlier values).
 #[derive(Clone, Debug, Default)]
@@ -621,7 +633,35 @@ impl Graph {
         key_padding_mask: Option<ValueId>,
         segments: Option<ValueId>,
     ) -> Result<ValueId> {
+        let spec = AttentionSpec {
+            causal,
+            scale,
+            key_padding_mask,
+            segments,
+            append: None,
+        };
+        self.attention_with(q, k, v, spec)
+    }
+
+    /// [`Graph::attention`] from a spec with every optional input, appended keys included:
+    /// `append` = (k_append [b, n, hkv, d], v_append [b, n, hkv, dv]) are keys after k and
+    /// v along seq, read in place (a decoder's new tokens beside its cache); the padding
+    /// mask covers k only. Not with `segments`.
+    pub fn attention_with(
+        &mut self,
+        q: ValueId,
+        k: ValueId,
+        v: ValueId,
+        spec: AttentionSpec,
+    ) -> Result<ValueId> {
         const OP: &str = "attention";
+        let AttentionSpec {
+            causal,
+            scale,
+            key_padding_mask,
+            segments,
+            append,
+        } = spec;
         let (tq, tk, tv) = (self.ty(q)?, self.ty(k)?, self.ty(v)?);
         for (name, t) in [("q", &tq), ("k", &tk), ("v", &tv)] {
             if !is_gemm_weight(t.dtype) {
@@ -719,12 +759,43 @@ impl Graph {
             }
             inputs.push(s);
         }
+        if let Some((ka, va)) = append {
+            if segments.is_some() {
+                return Err(Error::Unsupported(format!(
+                    "{OP}: appended keys cannot be combined with segments"
+                )));
+            }
+            let (tka, tva) = (self.ty(ka)?, self.ty(va)?);
+            if !is_gemm_weight(tka.dtype) || !is_gemm_weight(tva.dtype) {
+                return Err(Error::dtype(
+                    OP,
+                    format!("k_append and v_append must be f32, f16 or bf16, got {tka} and {tva}"),
+                ));
+            }
+            let n = tka.dims.get(1).cloned().unwrap_or(Dim::Known(0));
+            let want_k = [qd[0].clone(), n.clone(), kd[2].clone(), kd[3].clone()];
+            let want_v = [qd[0].clone(), n, kd[2].clone(), vd[3].clone()];
+            if tka.dims != want_k || tva.dims != want_v {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "k_append and v_append must be {} and {} (batch, n, heads and head dims of k and v), got {} and {}",
+                        format_dims(&want_k),
+                        format_dims(&want_v),
+                        format_dims(&tka.dims),
+                        format_dims(&tva.dims)
+                    ),
+                ));
+            }
+            inputs.extend([ka, va]);
+        }
         let dims = vec![qd[0].clone(), qd[1].clone(), qd[2].clone(), vd[3].clone()];
         let op = Op::Attention {
             causal,
             scale,
             has_key_padding_mask: key_padding_mask.is_some(),
             has_segments: segments.is_some(),
+            has_append: append.is_some(),
         };
         Ok(self.push(op, inputs, TensorType::new(DType::F32, dims)))
     }

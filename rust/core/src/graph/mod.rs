@@ -9,7 +9,7 @@ pub mod node;
 pub mod op;
 pub mod verify;
 
-pub use builder::{Graph, RopeArgs};
+pub use builder::{AttentionSpec, Graph, RopeArgs};
 pub use dim::{format_dims, Dim};
 pub use node::{Node, TensorType, ValueId};
 pub use op::{Op, Prepacked, TopKOutput};

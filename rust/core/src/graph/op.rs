@@ -65,12 +65,14 @@ pub enum Op {
     },
     /// Inputs: q, k, v in [batch, seq, heads, head_dim] layout, then the
     /// key padding mask [batch, seq_k] if `has_key_padding_mask`, then the segment
-    /// offsets [n + 1] if `has_segments` (packed sequences, see `ops::attention`).
+    /// offsets [n + 1] if `has_segments` (packed sequences, see `ops::attention`),
+    /// then k_append and v_append if `has_append` (keys after k and v, read in place).
     Attention {
         causal: bool,
         scale: Option<f32>,
         has_key_padding_mask: bool,
         has_segments: bool,
+        has_append: bool,
     },
     /// Inputs: weight [vocab, dim], ids.
     Embedding,
@@ -237,6 +239,7 @@ impl Op {
                 causal,
                 scale,
                 has_segments,
+                has_append,
                 ..
             } => {
                 let mut parts = vec![format!("causal={causal}")];
@@ -245,6 +248,9 @@ impl Op {
                 }
                 if *has_segments {
                     parts.push("segments".into());
+                }
+                if *has_append {
+                    parts.push("append".into());
                 }
                 parts.join(", ")
             }

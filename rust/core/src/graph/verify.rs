@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use crate::error::{Error, Result};
 use crate::ops::matmul::PackedWeight;
 
-use super::builder::{Graph, RopeArgs};
+use super::builder::{AttentionSpec, Graph, RopeArgs};
 use super::dim::Dim;
 use super::node::{Node, ValueId};
 use super::op::{Op, TopKOutput};
@@ -246,12 +246,24 @@ fn rebuild(g: &mut Graph, node: &Node, map: &[ValueId]) -> Result<ValueId> {
             scale,
             has_key_padding_mask,
             has_segments,
+            has_append,
         } => {
             let (q, k, v) = (arg(0)?, arg(1)?, arg(2)?);
-            let mask = take(*has_key_padding_mask, 3)?;
+            let key_padding_mask = take(*has_key_padding_mask, 3)?;
             let segments = take(*has_segments, 3)?;
+            let append = match (take(*has_append, 3)?, take(*has_append, 3)?) {
+                (Some(ka), Some(va)) => Some((ka, va)),
+                _ => None,
+            };
             expect(3 + next)?;
-            g.attention(q, k, v, *causal, *scale, mask, segments)?
+            let spec = AttentionSpec {
+                causal: *causal,
+                scale: *scale,
+                key_padding_mask,
+                segments,
+                append,
+            };
+            g.attention_with(q, k, v, spec)?
         }
         Op::Embedding => g.embedding(arg(0)?, arg(1)?)?,
         Op::Reshape { dims } => {

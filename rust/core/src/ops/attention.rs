@@ -12,7 +12,7 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::frame::attention::{attention_f32, AttentionProblem, StridedRows};
+use crate::kernels::frame::attention::{attention_f32, Appended, AttentionProblem, StridedRows};
 use crate::kernels::{self, Isa};
 use crate::storage::OutBuffer;
 use crate::tensor::Tensor;
@@ -34,6 +34,12 @@ pub struct AttentionOptions {
     /// `o[s]..o[s+1]` form one sequence that attends only its own keys, so texts of
     /// different lengths share a call with no padding.
     pub segments: Option<Tensor>,
+    /// Keys and values appended after k and v along seq: ([batch, n, heads_kv, head_dim],
+    /// [batch, n, heads_kv, head_dim_v]). They are read where they are, so a decoder
+    /// passes its cache as k, v and the new tokens here, with no copy to join them; the
+    /// padding mask covers k only (appended keys are always attended) and causal
+    /// alignment counts them. Not with `segments`.
+    pub append: Option<(Tensor, Tensor)>,
 }
 
 /// Attention with the ISA the runtime uses now ([`kernels::isa`]).
@@ -68,6 +74,19 @@ pub fn attention_with_isa(
         .as_ref()
         .map(|s| segment_offsets(s, &dims))
         .transpose()?;
+    let append = opts
+        .append
+        .as_ref()
+        .map(|(ka, va)| {
+            if segments.is_some() {
+                return Err(Error::Unsupported(format!(
+                    "{OP}: appended keys cannot be combined with segments"
+                )));
+            }
+            check_appended(&dims, ka, va)?;
+            Ok((prepare(ka, "k_append")?, prepare(va, "v_append")?))
+        })
+        .transpose()?;
     let scale = opts.scale.unwrap_or(if dims.head_dim == 0 {
         1.0
     } else {
@@ -92,6 +111,14 @@ pub fn attention_with_isa(
         causal: opts.causal,
         key_valid: key_valid.as_deref(),
         segments: segments.as_deref(),
+        append: match &append {
+            Some((ka, va)) => Some(Appended {
+                k: rows_of(ka)?,
+                v: rows_of(va)?,
+                len: ka.shape()[1],
+            }),
+            None => None,
+        },
     };
     attention_f32(&problem, f32_slice_mut(buf.as_mut_slice())?, isa);
     Tensor::from_storage(
@@ -151,6 +178,24 @@ fn check_shapes(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
         head_dim: qs[3],
         head_dim_v: vs[3],
     })
+}
+
+/// Appended keys and values: 4-D, the batch of q, k's heads and head dims, one length.
+fn check_appended(dims: &Dims, ka: &Tensor, va: &Tensor) -> Result<()> {
+    let (ks, vs) = (ka.shape(), va.shape());
+    let want_k = |n: usize| [dims.batch, n, dims.heads_kv, dims.head_dim];
+    let want_v = |n: usize| [dims.batch, n, dims.heads_kv, dims.head_dim_v];
+    if ks.len() != 4 || vs.len() != 4 || ks != want_k(ks[1]) || vs != want_v(ks[1]) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "k_append and v_append must be [batch, n, heads_kv, head_dim] = {:?} and {:?} for some n, got {ks:?} and {vs:?}",
+                want_k(ks.get(1).copied().unwrap_or(0)),
+                want_v(ks.get(1).copied().unwrap_or(0))
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// f32 with a contiguous last dimension: converted or copied only when needed.
@@ -309,8 +354,18 @@ mod tests {
             causal: opts.causal,
             key_valid: mask.as_deref(),
             segments: None,
+            append: None,
         };
         attention_reference_f32(&p)
+    }
+
+    /// Default scale, causal or not, with the byte mask [b, sk] when `with_mask`.
+    fn masked(causal: bool, with_mask: bool, mask: &[u8], shape: [usize; 2]) -> AttentionOptions {
+        AttentionOptions {
+            causal,
+            key_padding_mask: with_mask.then(|| Tensor::from_slice(mask, &shape).unwrap()),
+            ..Default::default()
+        }
     }
 
     fn assert_close(got: &[f32], want: &[f32], what: &str) {
@@ -342,13 +397,7 @@ mod tests {
             let v = tensor([b, sk, hkv, dv], 3 * n as u64 + 2);
             let mask: Vec<u8> = (0..b * sk).map(|i| (i % 5 != 3) as u8).collect();
             for with_mask in [false, true] {
-                let opts = AttentionOptions {
-                    causal,
-                    scale: None,
-                    key_padding_mask: with_mask
-                        .then(|| Tensor::from_slice(&mask, &[b, sk]).unwrap()),
-                    segments: None,
-                };
+                let opts = masked(causal, with_mask, &mask, [b, sk]);
                 let want = reference(&q, &k, &v, &opts);
                 for isa in dispatch::available() {
                     let got = attention_with_isa(&q, &k, &v, &opts, isa).unwrap();
@@ -383,6 +432,7 @@ mod tests {
             scale: Some(0.3),
             key_padding_mask: Some(Tensor::from_slice(&mask, &[2, 20]).unwrap()),
             segments: None,
+            append: None,
         };
         let want = reference(&q, &k, &v, &opts);
         let huge = Tensor::from_slice(&vec![1e30f32; 2 * 20 * 3 * 16], &[2, 20, 3, 16]).unwrap();
@@ -458,6 +508,7 @@ mod tests {
                     scale: None,
                     key_padding_mask: key_padding_mask.clone(),
                     segments: Some(Tensor::from_slice(&offsets, &[offsets.len()]).unwrap()),
+                    append: None,
                 };
                 let mut want = Vec::new();
                 for w in offsets.windows(2) {
@@ -482,6 +533,7 @@ mod tests {
                         scale: None,
                         key_padding_mask: key_padding_mask.as_ref().map(part),
                         segments: None,
+                        append: None,
                     };
                     want.extend(reference(&part(&q), &part(&k), &part(&v), &alone));
                 }
@@ -514,5 +566,85 @@ mod tests {
             let e = attention(x, x, x, &opts).unwrap_err();
             assert!(e.to_string().contains("segments"), "case {n}: {e}");
         }
+    }
+
+    #[test]
+    fn appended_keys_equal_the_keys_joined() {
+        // batch, seq_q, seq_k (cache view), appended, heads_q, heads_kv, d, dv
+        let cases = [
+            (1, 1, 40, 1, 9, 3, 64, 64),
+            (2, 1, 130, 1, 4, 1, 16, 16),
+            (2, 3, 7, 3, 2, 2, 8, 5),
+            (1, 2, 0, 2, 4, 2, 32, 32),
+            (1, 200, 300, 140, 2, 1, 16, 16),
+        ];
+        let join = |a: &Tensor, b: &Tensor| {
+            crate::ops::concat::concat(&[a.clone(), b.clone()], 1).unwrap()
+        };
+        for (n, &(b, sq, sk, sa, hq, hkv, d, dv)) in cases.iter().enumerate() {
+            let seed = 10 * n as u64;
+            let (q, k, v) = (
+                tensor([b, sq, hq, d], seed),
+                tensor([b, sk, hkv, d], seed + 1),
+                tensor([b, sk, hkv, dv], seed + 2),
+            );
+            let (ka, va) = (
+                tensor([b, sa, hkv, d], seed + 3),
+                tensor([b, sa, hkv, dv], seed + 4),
+            );
+            let mask: Vec<u8> = (0..b * sk).map(|i| (i % 4 != 1) as u8).collect();
+            let joined_mask: Vec<u8> = (0..b)
+                .flat_map(|r| {
+                    mask[r * sk..(r + 1) * sk]
+                        .iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(1, sa))
+                })
+                .collect();
+            for causal in [false, true] {
+                for with_mask in [false, true] {
+                    let opts = AttentionOptions {
+                        append: Some((ka.clone(), va.clone())),
+                        ..masked(causal, with_mask, &mask, [b, sk])
+                    };
+                    let joined = AttentionOptions {
+                        key_padding_mask: with_mask
+                            .then(|| Tensor::from_slice(&joined_mask, &[b, sk + sa]).unwrap()),
+                        append: None,
+                        ..opts.clone()
+                    };
+                    let want = reference(&q, &join(&k, &ka), &join(&v, &va), &joined);
+                    for isa in dispatch::available() {
+                        let got = attention_with_isa(&q, &k, &v, &opts, isa).unwrap();
+                        let what = format!(
+                            "case {n} causal {causal} mask {with_mask} isa {}",
+                            isa.name()
+                        );
+                        assert_close(&got.elements::<f32>().unwrap(), &want, &what);
+                    }
+                }
+            }
+        }
+        // Wrong shapes and segments are refused.
+        let q = tensor([1, 1, 2, 8], 1);
+        let kv = tensor([1, 4, 1, 8], 2);
+        let bad = AttentionOptions {
+            append: Some((tensor([1, 1, 2, 8], 3), tensor([1, 1, 2, 8], 4))),
+            ..Default::default()
+        };
+        assert!(matches!(
+            attention(&q, &kv, &kv, &bad),
+            Err(Error::Shape { .. })
+        ));
+        let with_segments = AttentionOptions {
+            segments: Some(Tensor::from_slice(&[0i64, 4], &[2]).unwrap()),
+            append: Some((tensor([1, 1, 1, 8], 3), tensor([1, 1, 1, 8], 4))),
+            ..Default::default()
+        };
+        let q1 = tensor([1, 4, 2, 8], 1);
+        assert!(matches!(
+            attention(&q1, &kv, &kv, &with_segments),
+            Err(Error::Unsupported(_))
+        ));
     }
 }

@@ -136,6 +136,7 @@ pub fn run(graph: &Graph) -> Result<PassOutput> {
             scale: Some(f.scale),
             has_key_padding_mask: f.key_padding_mask.is_some(),
             has_segments: false,
+            has_append: false,
         };
         let mut inputs = vec![rebuild.value(f.q), rebuild.value(f.k), rebuild.value(f.v)];
         inputs.extend(f.key_padding_mask.map(|m| rebuild.value(m)));

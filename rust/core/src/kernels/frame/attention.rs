@@ -161,25 +161,62 @@ pub struct AttentionProblem<'a> {
     /// their queries attend only their own keys (causal counts from `o[s]`), so
     /// inputs of different lengths run in one call with no padding.
     pub segments: Option<&'a [usize]>,
+    /// Keys and values after k and v along the sequence (keys seq_k..seq_k + len), read
+    /// where they are: a decoder's new tokens beside its cache, with no copy of the
+    /// cache to join them. Never masked by `key_valid` (which covers k); causal
+    /// alignment counts them. Not combined with `segments`.
+    pub append: Option<Appended<'a>>,
 }
 
-impl AttentionProblem<'_> {
+/// Keys and values appended after a problem's k and v ([batch, len, heads_kv, dim]).
+#[derive(Clone, Copy, Debug)]
+pub struct Appended<'a> {
+    pub k: StridedRows<'a>,
+    pub v: StridedRows<'a>,
+    pub len: usize,
+}
+
+impl<'a> AttentionProblem<'a> {
     pub fn group(&self) -> usize {
         self.heads_q / self.heads_kv
+    }
+
+    /// All keys: k's, then the appended ones.
+    #[inline]
+    pub fn keys(&self) -> usize {
+        self.seq_k + self.append.map_or(0, |a| a.len)
+    }
+
+    /// Key `j` (of all keys) of batch b, kv head h.
+    #[inline]
+    pub fn key_row(&self, b: usize, j: usize, h: usize) -> &'a [f32] {
+        match self.append {
+            Some(a) if j >= self.seq_k => a.k.row(b, j - self.seq_k, h),
+            _ => self.k.row(b, j, h),
+        }
+    }
+
+    /// Value `j` (of all keys) of batch b, kv head h.
+    #[inline]
+    pub fn value_row(&self, b: usize, j: usize, h: usize) -> &'a [f32] {
+        match self.append {
+            Some(a) if j >= self.seq_k => a.v.row(b, j - self.seq_k, h),
+            _ => self.v.row(b, j, h),
+        }
     }
 
     /// Whether query `i` of batch `b` may attend key `j` (causal is bottom-right aligned).
     #[inline]
     pub fn allowed(&self, b: usize, i: usize, j: usize) -> bool {
         let causal_ok = !self.causal || j as isize <= i as isize + self.causal_offset();
-        let pad_ok = self.key_valid.is_none_or(|m| m[b * self.seq_k + j] != 0);
+        let pad_ok = j >= self.seq_k || self.key_valid.is_none_or(|m| m[b * self.seq_k + j] != 0);
         causal_ok && pad_ok
     }
 
-    /// seq_k - seq_q: query i may attend key j iff j <= i + this (causal).
+    /// keys - seq_q: query i may attend key j iff j <= i + this (causal).
     #[inline]
     pub fn causal_offset(&self) -> isize {
-        self.seq_k as isize - self.seq_q as isize
+        self.keys() as isize - self.seq_q as isize
     }
 
     /// Query rows per task along the sequence (the group's heads multiply it).
@@ -296,8 +333,8 @@ pub fn attention_f32(p: &AttentionProblem<'_>, out: &mut [f32], isa: Isa) {
 /// the rows (the ISA kernels are unchanged); tasks are (segment, kv head, query block).
 fn attention_segments_f32(p: &AttentionProblem<'_>, offsets: &[usize], out: &mut [f32], isa: Isa) {
     assert!(
-        p.batch == 1 && p.seq_q == p.seq_k && offsets.first() == Some(&0),
-        "attention segments need batch 1, seq_q == seq_k and offsets from 0"
+        p.batch == 1 && p.seq_q == p.seq_k && offsets.first() == Some(&0) && p.append.is_none(),
+        "attention segments need batch 1, seq_q == seq_k, offsets from 0 and no appended keys"
     );
     assert!(
         offsets.windows(2).all(|w| w[0] <= w[1]) && offsets.last() == Some(&p.seq_q),
@@ -327,6 +364,7 @@ fn attention_segments_f32(p: &AttentionProblem<'_>, offsets: &[usize], out: &mut
             seq_k: n,
             key_valid: p.key_valid.map(|m| &m[start..end]),
             segments: None,
+            append: None,
             ..*p
         };
         let rows = out_rows.window(start, n);
@@ -418,7 +456,9 @@ pub unsafe fn attention_block<
         && d.is_multiple_of(V::N)
         && dv == dv_pad
         && p.k.strides[1] >= 0
-        && p.v.strides[1] >= 0;
+        && p.v.strides[1] >= 0
+        && p.append
+            .is_none_or(|a| a.k.strides[1] >= 0 && a.v.strides[1] >= 0);
     let packed_len = |n: usize| if direct { 0 } else { n };
     let mut sc = Scratch {
         q: vec![0.0; rows * d],
@@ -442,12 +482,20 @@ pub unsafe fn attention_block<
     }
     let offset = p.causal_offset();
     let key_end = if p.causal {
-        (blk.q_end as isize + offset).clamp(0, p.seq_k as isize) as usize
+        (blk.q_end as isize + offset).clamp(0, p.keys() as isize) as usize
     } else {
-        p.seq_k
+        p.keys()
     };
-    for j0 in (0..key_end).step_by(BLOCK_K) {
-        let nk = BLOCK_K.min(key_end - j0);
+    // Blocks never straddle k and the appended keys: each reads one source.
+    let main = (0..key_end.min(p.seq_k)).step_by(BLOCK_K);
+    let appended = (p.seq_k..key_end.max(p.seq_k)).step_by(BLOCK_K);
+    for j0 in main.chain(appended) {
+        let end = if j0 < p.seq_k {
+            key_end.min(p.seq_k)
+        } else {
+            key_end
+        };
+        let nk = BLOCK_K.min(end - j0);
         let nk_pad = nk.div_ceil(key_tile) * key_tile;
         let kb = KeyBlock {
             b,
@@ -511,8 +559,8 @@ pub unsafe fn attention_block<
         // (Direct: V's rows j0.. of this kv head, `strides[1]` apart, dv == dv_pad floats each.)
         let (vp, v_stride) = if direct {
             (
-                p.v.rows_ptr(b, j0, blk.kv_head, nk),
-                p.v.strides[1] as usize,
+                kb.values(p).rows_ptr(b, kb.local(p), blk.kv_head, nk),
+                kb.values(p).strides[1] as usize,
             )
         } else {
             (sc.v.as_ptr(), dv_pad)
@@ -559,6 +607,30 @@ struct KeyBlock {
     nk_pad: usize,
 }
 
+impl KeyBlock {
+    /// Whether the block lies in the appended keys (else in k).
+    fn appended(&self, p: &AttentionProblem<'_>) -> bool {
+        self.j0 >= p.seq_k
+    }
+
+    /// The block's first key within its source.
+    fn local(&self, p: &AttentionProblem<'_>) -> usize {
+        if self.appended(p) {
+            self.j0 - p.seq_k
+        } else {
+            self.j0
+        }
+    }
+
+    /// The rows the block's values come from.
+    fn values<'a>(&self, p: &AttentionProblem<'a>) -> StridedRows<'a> {
+        match p.append {
+            Some(a) if self.appended(p) => a.v,
+            _ => p.v,
+        }
+    }
+}
+
 /// Copies the block's keys transposed into `kt`, values into `v`, and sets the key bias.
 #[inline(always)]
 fn pack_keys(p: &AttentionProblem<'_>, kb: KeyBlock, sc: &mut Scratch) {
@@ -572,11 +644,11 @@ fn pack_keys(p: &AttentionProblem<'_>, kb: KeyBlock, sc: &mut Scratch) {
     let (d, dv) = (p.k.dim, p.v.dim);
     let dv_pad = sc.v.len() / BLOCK_K;
     for j in 0..nk {
-        let key = p.k.row(b, j0 + j, kv_head);
+        let key = p.key_row(b, j0 + j, kv_head);
         for (c, &x) in key.iter().enumerate() {
             sc.kt[c * BLOCK_K + j] = x;
         }
-        sc.v[j * dv_pad..j * dv_pad + dv].copy_from_slice(p.v.row(b, j0 + j, kv_head));
+        sc.v[j * dv_pad..j * dv_pad + dv].copy_from_slice(p.value_row(b, j0 + j, kv_head));
     }
     for j in nk..nk_pad {
         for c in 0..d {
@@ -591,8 +663,9 @@ fn pack_keys(p: &AttentionProblem<'_>, kb: KeyBlock, sc: &mut Scratch) {
 fn key_bias(p: &AttentionProblem<'_>, kb: KeyBlock, bias: &mut [f32]) {
     for (j, x) in bias[..kb.nk_pad].iter_mut().enumerate() {
         let valid = j < kb.nk
-            && p.key_valid
-                .is_none_or(|m| m[kb.b * p.seq_k + kb.j0 + j] != 0);
+            && (kb.j0 + j >= p.seq_k
+                || p.key_valid
+                    .is_none_or(|m| m[kb.b * p.seq_k + kb.j0 + j] != 0));
         *x = if valid { 0.0 } else { f32::NEG_INFINITY };
     }
 }
@@ -614,7 +687,7 @@ unsafe fn scores_direct<V: Lanes>(
     let d = p.k.dim;
     debug_assert!(q.len() >= rows * d && s.len() >= rows * BLOCK_K && d.is_multiple_of(V::N));
     for j in 0..kb.nk {
-        let key = p.k.row(kb.b, kb.j0 + j, kb.kv_head).as_ptr();
+        let key = p.key_row(kb.b, kb.j0 + j, kb.kv_head).as_ptr();
         for r in 0..rows {
             // SAFETY: c + N <= d for the key row (d floats) and query row r (contract).
             unsafe {

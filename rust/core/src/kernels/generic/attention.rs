@@ -86,7 +86,7 @@ pub unsafe fn generic_attention_f32(p: &AttentionProblem<'_>, blk: &QueryBlock, 
 pub fn attention_reference_f32(p: &AttentionProblem<'_>) -> Vec<f32> {
     let dv = p.v.dim;
     let mut out = vec![0.0f32; p.batch * p.seq_q * p.heads_q * dv];
-    let mut scores = vec![0.0f64; p.seq_k];
+    let mut scores = vec![0.0f64; p.keys()];
     let mut acc = vec![0.0f64; dv];
     for b in 0..p.batch {
         for i in 0..p.seq_q {
@@ -96,7 +96,7 @@ pub fn attention_reference_f32(p: &AttentionProblem<'_>) -> Vec<f32> {
                 let mut max = f64::NEG_INFINITY;
                 for (j, s) in scores.iter_mut().enumerate() {
                     *s = if p.allowed(b, i, j) {
-                        let k = p.k.row(b, j, kvh);
+                        let k = p.key_row(b, j, kvh);
                         let dot: f64 = q.iter().zip(k).map(|(&x, &y)| x as f64 * y as f64).sum();
                         dot * p.scale as f64
                     } else {
@@ -116,7 +116,7 @@ pub fn attention_reference_f32(p: &AttentionProblem<'_>) -> Vec<f32> {
                     }
                     let w = (s - max).exp();
                     sum += w;
-                    for (a, &x) in acc.iter_mut().zip(p.v.row(b, j, kvh)) {
+                    for (a, &x) in acc.iter_mut().zip(p.value_row(b, j, kvh)) {
                         *a += w * x as f64;
                     }
                 }
