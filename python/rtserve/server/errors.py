@@ -6,7 +6,8 @@ import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+
+from .responses import JSONResponse
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",

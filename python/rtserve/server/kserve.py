@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
@@ -32,6 +32,7 @@ from .body import read_body, read_json
 from .errors import ApiError
 from .metrics import MODEL_KEY
 from .registry import ModelRegistry
+from .responses import JSONResponse
 from .scheduler import scheduler_for
 
 _HEADER_LENGTH = "Inference-Header-Content-Length"

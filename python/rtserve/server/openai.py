@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from ..models import DecoderModel, EncoderModel
@@ -28,6 +28,7 @@ from .body import read_json
 from .errors import bad_request
 from .metrics import MODEL_KEY
 from .registry import ModelRegistry, ServedModel
+from .responses import JSONResponse
 
 _STARTED = int(time.time())
 

@@ -565,6 +565,7 @@ pub unsafe fn attention_block<
         } else {
             (sc.v.as_ptr(), dv_pad)
         };
+        // SAFETY: see above (s, V's rows at vp, acc; the ISA is the contract).
         unsafe {
             let full = rows / PMR * PMR;
             for r0 in (0..full).step_by(PMR) {

@@ -312,17 +312,20 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
         c: job.out.base(),
         ldc: job.out.ldc,
     };
-    // SAFETY (all three calls): the caller runs this only at Isa::Avx512, current only
-    // after dispatch confirmed AVX-512 F/BW/DQ/VL + FMA; A holds m rows of k floats; B's
-    // rows (or W's rows, or the packed panels) for columns j0..j1 are inside the view
-    // with the strides passed; this task owns C[:, j0..j1].
+    // The calls below run only at Isa::Avx512 (the caller's check), current only after
+    // dispatch confirmed AVX-512 F/BW/DQ/VL + FMA; A holds m rows of k floats; B's rows
+    // (or W's rows, or the packed panels) for columns j0..j1 are inside the view with the
+    // strides passed; this task owns C[:, j0..j1].
     match form {
+        // SAFETY: as above, B row-major with row stride b.rs.
         Form::KnF32(b) if b.rs > 0 => unsafe {
             avx512_gemv_kn_f32(&stream(b.ptr.cast(), b.rs), j0, j1)
         },
+        // SAFETY: as above, W's rows b.cs f32 apart.
         Form::NkF32(b) if b.cs > 0 => unsafe {
             avx512_gemv_nk(NkElem::F32, &stream(b.ptr.cast(), b.cs), j0, j1)
         },
+        // SAFETY: as above, W's rows b.cs bf16 apart.
         Form::NkBf16(b) if b.cs > 0 => unsafe {
             avx512_gemv_nk(NkElem::Bf16, &stream(b.ptr.cast(), b.cs), j0, j1)
         },
