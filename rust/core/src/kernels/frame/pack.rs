@@ -47,11 +47,27 @@ impl<T: Copy> MatRef<T> {
 /// Element types B may hold; packed to f32.
 pub trait WeightElement: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
+
+    /// `dst = src` widened to f32, a fixed-width row of a packed panel.
+    #[inline(always)]
+    fn widen_row<const W: usize>(src: &[Self; W], dst: &mut [f32; W]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
 }
 impl WeightElement for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+
+    /// A plain array copy: vector moves. (The element loop of the default body compiled to
+    /// 32 scalar moves per row once `pack_b_panels` was inlined into the GEMM driver: B's
+    /// packing then took 30% of a 32x384x1536 GEMM instead of 19%.)
+    #[inline(always)]
+    fn widen_row<const W: usize>(src: &[f32; W], dst: &mut [f32; W]) {
+        *dst = *src;
     }
 }
 impl WeightElement for bf16 {
@@ -142,9 +158,7 @@ pub fn pack_b<T: WeightElement>(b: MatRef<T>, nr: usize, out: &mut [f32]) {
 fn copy_row<T: WeightElement>(src: &[T], dst: &mut [f32]) {
     fn fixed<T: WeightElement, const W: usize>(src: &[T], dst: &mut [f32]) {
         if let (Ok(s), Ok(d)) = (<&[T; W]>::try_from(src), <&mut [f32; W]>::try_from(dst)) {
-            for (d, s) in d.iter_mut().zip(s) {
-                *d = s.to_f32();
-            }
+            T::widen_row(s, d);
         }
     }
     match dst.len() {
