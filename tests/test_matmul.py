@@ -194,6 +194,27 @@ def test_prepacked_weights_deeper_than_one_block(isa, m):
         assert np.all(np.abs(got - ref) <= tol)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("k,n", [(131, 45), (1000, 77), (768, 3072), (257, 1)])
+def test_one_row_over_row_major_b_split_by_rows(isa, threads, k, n):
+    """1 x K @ K x N with B row-major (numpy's x @ W): on AVX-512 the threads split B's rows
+    (partial rows added), with a bias and an activation on top through linear(x, w.T)."""
+    before = rt.num_threads()
+    rt.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(k + n)
+        x = rng.standard_normal((1, k), dtype=np.float32)
+        w = rng.standard_normal((k, n), dtype=np.float32)
+        bias = rng.standard_normal(n, dtype=np.float32)
+        ref = x.astype(np.float64) @ w.astype(np.float64)
+        tol = f32_tol(x, w)
+        assert np.all(np.abs(rt.matmul(x, w).numpy() - ref) <= tol)
+        got = rt.linear(x, w.T, bias=bias, activation="relu").numpy()  # B = (w.T).T = w
+        assert np.all(np.abs(got - np.maximum(ref + bias, 0)) <= tol + 1e-6)
+    finally:
+        rt.set_num_threads(before)
+
+
 @pytest.mark.parametrize("k", [67, 2101])
 @pytest.mark.parametrize("m", [1, 2, 5, 8])
 def test_prepacked_bf16_small_m_odd_depth(isa, m, k):

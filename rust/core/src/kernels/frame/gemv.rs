@@ -357,6 +357,56 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
     true
 }
 
+/// C[0, :] = A[0, :] · B for row-major f32 B with the rows of B split across the threads:
+/// each thread streams its own contiguous part of B (its own pages) into a partial row,
+/// and the partial rows are added. (Split by columns, both threads read every page of B,
+/// each half of every row. Zen 5, 2 threads, alternating runs, median of 5 placements of B:
+/// 1x768x3072 90.7 vs 87.5 GFLOP/s, 1x576x1536 84.1 vs 76.9.)
+#[cfg(target_arch = "x86_64")]
+fn k_split_kn_f32(job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
+    use crate::kernels::x86_64::avx512_gemv::{avx512_gemv_kn_f32, StreamArgs};
+    let part = job.k.div_ceil(threads).next_multiple_of(4);
+    let parts = job.k.div_ceil(part);
+    let mut partial = vec![0f32; (parts - 1) * n];
+    // Addresses as integers for the tasks (raw pointers are not Sync).
+    let (partial_at, b_at, c_at) = (
+        partial.as_mut_ptr() as usize,
+        b.ptr as usize,
+        job.out.base() as usize,
+    );
+    parallel_for(parts, |t| {
+        let p0 = t * part;
+        let rows = part.min(job.k - p0);
+        let c = if t == 0 {
+            c_at as *mut f32
+        } else {
+            (partial_at as *mut f32).wrapping_add((t - 1) * n)
+        };
+        let args = StreamArgs {
+            m: 1,
+            k: rows,
+            a: job.a[p0..].as_ptr(),
+            b: (b_at as *const f32)
+                .wrapping_offset(p0 as isize * b.rs)
+                .cast(),
+            ldb: b.rs as usize,
+            c,
+            ldc: n,
+        };
+        // SAFETY: Avx512 is current (the caller's check); rows p0..p0+rows of B, all n
+        // columns, are inside the view; A's row holds k floats from p0; C (task 0) or
+        // partial row t-1 is written by this task only.
+        unsafe { avx512_gemv_kn_f32(&args, 0, n) };
+    });
+    // SAFETY: C's row 0 holds n floats, owned by this call.
+    let c = unsafe { std::slice::from_raw_parts_mut(job.out.base(), n) };
+    for row in partial.chunks_exact(n) {
+        for (o, &x) in c.iter_mut().zip(row) {
+            *o += x;
+        }
+    }
+}
+
 /// C = A · B (+ epilogue) for M ≤ 8.
 pub fn gemv(
     a: MatRef<f32>,
@@ -447,6 +497,18 @@ pub(crate) fn gemv_with(
     } else {
         num_threads()
     };
+    // One row of A over a row-major B (numpy's `x @ W`): the threads split B's rows.
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512, Form::KnF32(b), 1) = (isa, form, m) {
+        if threads > 1 && b.rs > 0 && k >= 64 * threads {
+            k_split_kn_f32(&job, b, n, threads);
+            if !epi.is_identity() {
+                // SAFETY: row 0, columns 0..n of C, written above and owned by this call.
+                unsafe { apply_tile(job.out.ptr, ldc, 0, 1, 0, n, epi) };
+            }
+            return Ok(());
+        }
+    }
     let chunk = if threads <= 1 {
         units
     } else if matches!(form, Form::Packed(_)) {
