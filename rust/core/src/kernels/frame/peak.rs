@@ -1,10 +1,14 @@
 //! Measured peak arithmetic throughput of this machine (GFLOP/s, or GOP/s for
 //! int8), per thread count, for f32 FMA, bf16 dot and int8 dot products.
 
+// The probes are x86 code; on other targets `measure` only reports that.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::kernels::dispatch::{cpu, Isa};
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::kernels::frame::threads::parallel_for;
 
 /// Which probe to run.

@@ -2,8 +2,10 @@
 //! calls of the current one: the panel (KC × NR, 32 KiB) otherwise arrives from
 //! L3 only when the first micro-kernel of the next column panel stalls on it.
 
-/// A range of cache lines for one micro-kernel call to prefetch, one per k-step.
+/// A range of cache lines for one micro-kernel call to prefetch, one per k-step (a no-op
+/// off x86, where no prefetch instruction is issued).
 #[derive(Copy, Clone, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Prefetch {
     start: *const u8,
     lines: usize,
