@@ -113,31 +113,33 @@ impl<'a> StridedRows<'a> {
         }
     }
 
-    /// The `dim` floats of row (b, s, h). Panics (a bug) if the layout was not bounds-checked.
     /// Where rows (b, s..s+n, h) start, `strides[1]` apart; panics (a bug) unless all
     /// n rows lie inside the storage.
     pub fn rows_ptr(&self, b: usize, s: usize, h: usize, n: usize) -> *const f32 {
         if n > 0 {
             let _ = self.row(b, s + n - 1, h); // bounds-checks the last row
         }
-        let first = self.row(b, s, h);
-        let at =
-            (first.as_ptr() as usize - self.data.as_ptr() as usize) / std::mem::size_of::<f32>();
-        self.data[at..].as_ptr()
+        self.data[self.at(b, s, h)..].as_ptr()
     }
 
+    /// The `dim` floats of row (b, s, h). Panics (a bug) if the layout was not bounds-checked.
     #[inline]
     pub fn row(&self, b: usize, s: usize, h: usize) -> &'a [f32] {
         if self.dim == 0 {
             // An empty tensor's strides may point anywhere.
             return &[];
         }
-        let at = self.offset as isize
+        let at = self.at(b, s, h);
+        &self.data[at..at + self.dim]
+    }
+
+    /// The storage index of row (b, s, h)'s first element.
+    #[inline]
+    fn at(&self, b: usize, s: usize, h: usize) -> usize {
+        (self.offset as isize
             + b as isize * self.strides[0]
             + s as isize * self.strides[1]
-            + h as isize * self.strides[2];
-        let at = at as usize;
-        &self.data[at..at + self.dim]
+            + h as isize * self.strides[2]) as usize
     }
 }
 
@@ -554,7 +556,7 @@ pub unsafe fn attention_block<
             }
         }
         // SAFETY: s is rows×BLOCK_K (P, columns < nk valid); V rows 0..nk at vp, v_stride
-        // apart, hold dv_pad floats (the packed block, or K's own rows when direct);
+        // apart, hold dv_pad floats (the packed block, or V's own rows when direct);
         // acc is rows×dv_pad with dv_pad a multiple of PNV*N; the ISA is the contract.
         // (Direct: V's rows j0.. of this kv head, `strides[1]` apart, dv == dv_pad floats each.)
         let (vp, v_stride) = if direct {

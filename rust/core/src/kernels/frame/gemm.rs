@@ -17,7 +17,7 @@ use crate::kernels::frame::pack::{
     pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panels, MatRef,
 };
 use crate::kernels::frame::prefetch::Prefetch;
-use crate::kernels::frame::threads::{num_threads, parallel_for};
+use crate::kernels::frame::threads::{num_threads, parallel_for, SendPtr};
 use crate::kernels::generic::mmm as generic;
 
 /// Depth of one packed block for the AVX2 and generic kernels (even, so bf16
@@ -775,19 +775,6 @@ fn gemm_shared_b(
         }
     }
 }
-
-/// A raw pointer handed to tasks that write disjoint parts of its buffer.
-#[derive(Copy, Clone)]
-struct SendPtr<T>(*mut T);
-impl<T> SendPtr<T> {
-    fn get(&self) -> *mut T {
-        self.0
-    }
-}
-// SAFETY: tasks write disjoint panels of the block buffer (distinct panel ranges).
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SendPtr<T> {}
 
 /// One micro-tile's inputs (the bf16 ones are read by the x86 bf16 kernel only).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

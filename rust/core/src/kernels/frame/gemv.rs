@@ -364,31 +364,25 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
 /// 1x768x3072 90.7 vs 87.5 GFLOP/s, 1x576x1536 84.1 vs 76.9.)
 #[cfg(target_arch = "x86_64")]
 fn k_split_kn_f32(job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
+    use crate::kernels::frame::threads::SendPtr;
     use crate::kernels::x86_64::avx512_gemv::{avx512_gemv_kn_f32, StreamArgs};
     let part = job.k.div_ceil(threads).next_multiple_of(4);
     let parts = job.k.div_ceil(part);
     let mut partial = vec![0f32; (parts - 1) * n];
-    // Addresses as integers for the tasks (raw pointers are not Sync).
-    let (partial_at, b_at, c_at) = (
-        partial.as_mut_ptr() as usize,
-        b.ptr as usize,
-        job.out.base() as usize,
-    );
+    let (partial_rows, c_row) = (SendPtr(partial.as_mut_ptr()), SendPtr(job.out.base()));
     parallel_for(parts, |t| {
         let p0 = t * part;
         let rows = part.min(job.k - p0);
         let c = if t == 0 {
-            c_at as *mut f32
+            c_row.get()
         } else {
-            (partial_at as *mut f32).wrapping_add((t - 1) * n)
+            partial_rows.get().wrapping_add((t - 1) * n)
         };
         let args = StreamArgs {
             m: 1,
             k: rows,
             a: job.a[p0..].as_ptr(),
-            b: (b_at as *const f32)
-                .wrapping_offset(p0 as isize * b.rs)
-                .cast(),
+            b: b.sub(p0, 0, rows, n).ptr.cast(),
             ldb: b.rs as usize,
             c,
             ldc: n,

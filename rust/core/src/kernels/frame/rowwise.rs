@@ -7,6 +7,8 @@ use crate::dispatch_isa;
 use crate::kernels::generic::{elementwise, norm, reduce, softmax};
 use crate::kernels::Isa;
 
+use super::threads::SendPtr;
+
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::x86_64::{
     avx2_elementwise, avx2_norm, avx2_reduce, avx2_softmax, avx512_elementwise, avx512_norm,
@@ -51,7 +53,7 @@ pub fn for_each_chunk<T: Send>(
     }
     let chunks = out.len().div_ceil(chunk);
     let len = out.len();
-    let base = SendMut(out.as_mut_ptr());
+    let base = SendPtr(out.as_mut_ptr());
     super::threads::parallel_for(chunks, |i| {
         let start = i * chunk;
         let n = chunk.min(len - start);
@@ -61,18 +63,6 @@ pub fn for_each_chunk<T: Send>(
         f(i * per_task, c)
     });
 }
-
-/// A pointer to a buffer whose disjoint chunks are filled by parallel tasks.
-struct SendMut<T>(*mut T);
-impl<T> SendMut<T> {
-    fn get(&self) -> *mut T {
-        self.0
-    }
-}
-// SAFETY: tasks only touch disjoint chunks of the buffer (see `for_each_chunk`).
-unsafe impl<T: Send> Send for SendMut<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for SendMut<T> {}
 
 /// `out = op(x)` for f32 on the given tier. `isa` must come from
 /// [`crate::kernels::isa`] (or be a tier [`Isa::is_supported`] confirmed).

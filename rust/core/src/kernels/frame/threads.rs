@@ -202,6 +202,21 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// A raw pointer handed to `parallel_for` tasks that write disjoint parts of its buffer
+/// (raw pointers are neither Send nor Sync).
+#[derive(Copy, Clone)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+impl<T> SendPtr<T> {
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: every user hands the pointer to tasks that write disjoint parts of the buffer,
+// which outlives the parallel_for call.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
 /// Runs `f(i)` for every `i in 0..tasks`, on the calling thread and the pool's
 /// helpers. One job runs at a time: a call made while another thread's job is
 /// running (several Python threads at once) runs its tasks inline.

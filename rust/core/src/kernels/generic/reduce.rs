@@ -18,13 +18,18 @@ pub fn lane_sum_body(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     lane_sum::<false>(x, f)
 }
 
-/// `lane_sum_body` for long rows read from memory: prefetches ahead of the stream.
+/// The sum of one row for the SIMD tiers: rows of at least [`STREAMING_ROW`] elements,
+/// read from memory rather than cache, prefetch ahead of the stream.
 #[inline(always)]
-pub fn lane_sum_streaming(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    lane_sum::<true>(x, f)
+pub fn row_sum_body(row: &[f32]) -> f64 {
+    if row.len() >= STREAMING_ROW {
+        lane_sum::<true>(row, |v| v)
+    } else {
+        lane_sum::<false>(row, |v| v)
+    }
 }
 
-/// Rows at least this long (in elements) are summed with `lane_sum_streaming`.
+/// Rows at least this long (in elements) are summed with prefetch (`row_sum_body`).
 pub const STREAMING_ROW: usize = 64 * 1024;
 
 #[inline(always)]

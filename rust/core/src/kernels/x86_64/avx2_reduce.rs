@@ -1,8 +1,7 @@
 //! AVX2 builds of the f32 reductions in `generic::reduce`.
 
 use crate::kernels::generic::reduce::{
-    columns_f32_body, lane_sum_body, lane_sum_streaming, max_f32_body, min_f32_body, ColumnReduce,
-    STREAMING_ROW,
+    columns_f32_body, max_f32_body, min_f32_body, row_sum_body, ColumnReduce,
 };
 
 /// Sum of each row of `x` (rows of `out.len()` equal parts), in f64.
@@ -13,11 +12,7 @@ use crate::kernels::generic::reduce::{
 pub unsafe fn avx2_sum_rows_f32(x: &[f32], out: &mut [f64]) {
     let n = x.len() / out.len().max(1);
     for (o, row) in out.iter_mut().zip(x.chunks_exact(n.max(1))) {
-        *o = if row.len() >= STREAMING_ROW {
-            lane_sum_streaming(row, |v| v)
-        } else {
-            lane_sum_body(row, |v| v)
-        };
+        *o = row_sum_body(row);
     }
 }
 

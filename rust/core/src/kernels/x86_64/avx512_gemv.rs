@@ -11,6 +11,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::kernels::frame::prefetch::stream_ahead;
+
 /// What a small-M kernel reads and writes: A (m × k, row-major, lda = k), B or the
 /// weights at `b` with `ldb` elements between rows (of B, or of W for the N × K form),
 /// and C (row stride ldc).
@@ -144,13 +146,15 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
 /// Columns per packed panel that the packed kernels below take (the AVX-512 GEMM's NR).
 pub const PACKED_NR: usize = 32;
 
-/// Bytes ahead of the current k-step that the packed kernels prefetch. The panels a
-/// task reads are contiguous, so this runs into the next panel; a core then keeps
-/// enough lines in flight to stream at DRAM speed (the hardware prefetcher alone
-/// left one thread at about three quarters of it). (Measured on Zen 5 over the
-/// SmolLM2-135M decode: 512 B ahead 114–117 tok/s bf16, 1 KiB 117, 2 KiB 121–123,
-/// 4 KiB 114–129: the noise of this machine.)
-const PREFETCH_AHEAD: usize = crate::kernels::frame::prefetch::STREAM_AHEAD;
+/// Prefetches the `lines` cache lines of the panel stream at `data + at`,
+/// `STREAM_AHEAD` bytes ahead. The panels a task reads are contiguous, so this runs into
+/// the next panel; a core then keeps enough lines in flight to stream at DRAM speed.
+#[inline(always)]
+fn stream_lines(data: *const u8, at: usize, lines: usize) {
+    for l in 0..lines {
+        stream_ahead(data.wrapping_add(at + 64 * l));
+    }
+}
 
 /// Which packed layout a panel holds.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -279,18 +283,7 @@ unsafe fn packed_m1(args: &PackedArgs, panel_lo: usize, panel_hi: usize) {
                     let d = data.cast::<f32>();
                     let mut q = 0;
                     while q + 2 <= kc {
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD).cast(),
-                        );
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD + 64).cast(),
-                        );
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD + 128).cast(),
-                        );
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD + 192).cast(),
-                        );
+                        stream_lines(data, q * 128, 4); // the two k-steps q, q + 1
                         let a0 = _mm512_set1_ps(*args.a.add(q));
                         let a1 = _mm512_set1_ps(*args.a.add(q + 1));
                         s0[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(d.add(q * 32)), s0[0]);
@@ -309,12 +302,7 @@ unsafe fn packed_m1(args: &PackedArgs, panel_lo: usize, panel_hi: usize) {
                     let d = data.cast::<__m512i>();
                     let pairs = kc.div_ceil(2);
                     for q in 0..pairs {
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD).cast(),
-                        );
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD + 64).cast(),
-                        );
+                        stream_lines(data, q * 128, 2);
                         let a0 = _mm512_set1_ps(*args.a.add(2 * q));
                         let a1 = _mm512_set1_ps(if 2 * q + 1 < kc {
                             *args.a.add(2 * q + 1)
@@ -349,12 +337,7 @@ unsafe fn packed_rows<const M: usize>(args: &PackedArgs, panel_lo: usize, panel_
                 PanelKind::F32 => {
                     let d = data.cast::<f32>();
                     for q in 0..kc {
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD).cast(),
-                        );
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD + 64).cast(),
-                        );
+                        stream_lines(data, q * 128, 2);
                         let b0 = _mm512_loadu_ps(d.add(q * 32));
                         let b1 = _mm512_loadu_ps(d.add(q * 32 + 16));
                         for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -367,12 +350,7 @@ unsafe fn packed_rows<const M: usize>(args: &PackedArgs, panel_lo: usize, panel_
                 PanelKind::Bf16Pairs => {
                     let d = data.cast::<__m512i>();
                     for q in 0..kc.div_ceil(2) {
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD).cast(),
-                        );
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            data.wrapping_add(q * 128 + PREFETCH_AHEAD + 64).cast(),
-                        );
+                        stream_lines(data, q * 128, 2);
                         let (e0, o0) = bf16_halves(_mm512_loadu_si512(d.add(2 * q)));
                         let (e1, o1) = bf16_halves(_mm512_loadu_si512(d.add(2 * q + 1)));
                         let odd_k = 2 * q + 1 < kc;
