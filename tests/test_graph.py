@@ -198,6 +198,37 @@ def test_memory_plan_and_summary(bert):
     assert "pass dce:" in s and "pass prepack_weights:" in s, s
 
 
+def test_profile_counts_every_node_of_the_profiled_runs_only():
+    rng = np.random.default_rng(3)
+    m = build_mlp(mlp_params(rng))
+    x = randn(rng, 5, 16, scale=1.0)
+    m.run({"x": x})  # not profiled
+    assert m.profile() == [] and m.profile(by="node") == []
+    m.enable_profiling()
+    for _ in range(3):
+        m.run({"x": x})
+    nodes = m.profile(by="node")
+    ops = m.profile()
+    # Every node the optimized program runs is timed, three times; the summary names them.
+    summary = m.summary()
+    assert nodes and all(n["calls"] == 3 and n["seconds"] >= 0 for n in nodes)
+    for n in nodes:
+        assert f"%{n['node']} = {n['op']}" in summary, (n, summary)
+    assert {"linear", "softmax", "input"} <= {o["op"] for o in ops}
+    assert sum(o["nodes"] for o in ops) == len(nodes)
+    assert sum(o["calls"] for o in ops) == 3 * len(nodes)
+    assert abs(sum(o["share"] for o in ops) - 1.0) < 1e-9
+    assert [o["seconds"] for o in ops] == sorted((o["seconds"] for o in ops), reverse=True)
+    # Off: later runs add nothing; reset forgets.
+    m.enable_profiling(False)
+    m.run({"x": x})
+    assert all(n["calls"] == 3 for n in m.profile(by="node"))
+    m.reset_profile()
+    assert m.profile() == []
+    with pytest.raises(ValueError, match="'op' or 'node'"):
+        m.profile(by="layer")
+
+
 # --- build-time and run-time errors ------------------------------------------------------
 
 

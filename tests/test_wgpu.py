@@ -91,6 +91,9 @@ def test_graph_on_wgpu_matches_cpu_and_skips_prepacking():
         x = np.random.default_rng(batch).standard_normal((batch, 33)).astype(np.float32)
         want, got = cpu.run({"x": x})["y"].numpy(), gpu.run({"x": x})["y"].numpy()
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    # Per-node profiling times the CPU executor only.
+    with pytest.raises(rt.UnsupportedError, match="profiling.*'wgpu'"):
+        gpu.enable_profiling()
 
 
 @needs_adapter

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -384,6 +384,22 @@ class Compiled:
         in_place, fallback, arenas_created, arenas_freed. An idle arena more than
         twice the largest need of the last 8 runs is freed.
         """
+    def enable_profiling(self, on: bool = True) -> None:
+        """Times every node of the runs that start from now on (read with `profile()`).
+
+        CPU programs only (UnsupportedError on another device). Off, a run pays one flag
+        check; on, two clock reads per node.
+        """
+    def profile(self, by: Literal["op", "node"] = "op") -> list[dict[str, Any]]:
+        """Where the profiled runs spent their time, largest first.
+
+        by="op": one dict per op name with op, nodes, calls, seconds and share (of the
+        profiled total); by="node": one per node with node (its id in `summary()`), op,
+        calls, seconds, share. A node's time covers its kernel and the executor's work
+        around it.
+        """
+    def reset_profile(self) -> None:
+        """Forgets the times gathered so far."""
     @property
     def device(self) -> str:
         """The device this graph was compiled for."""

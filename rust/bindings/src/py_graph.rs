@@ -755,6 +755,80 @@ impl PyCompiled {
         &self.device
     }
 
+    /// Turns per-node timing on (or off) for the runs that start from now on; read the
+    /// times with `profile()`. CPU programs only: other devices run a program of their own.
+    #[pyo3(signature = (on=true))]
+    fn enable_profiling(&self, on: bool) -> PyResult<()> {
+        if self.device != "cpu" {
+            return core(Err(rtserve_core::Error::Unsupported(format!(
+                "per-node profiling times the CPU executor; this program runs on '{}'",
+                self.device
+            ))));
+        }
+        self.inner.set_profiling(on);
+        Ok(())
+    }
+
+    /// Where the profiled runs spent their time, largest first: `by="op"` (default) one
+    /// dict per op name (`op`, `nodes`, `calls`, `seconds`, `share` of the total), or
+    /// `by="node"` one per node (`node`, `op`, `calls`, `seconds`, `share`).
+    #[pyo3(signature = (by="op"))]
+    fn profile<'py>(&self, py: Python<'py>, by: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let times = self.inner.profile();
+        let total: f64 = times.iter().map(|t| t.seconds).sum();
+        let share = |s: f64| if total > 0.0 { s / total } else { 0.0 };
+        let mut rows = Vec::new();
+        match by {
+            "node" => {
+                let mut times = times;
+                times.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+                for t in times {
+                    let d = PyDict::new(py);
+                    d.set_item("node", t.node)?;
+                    d.set_item("op", t.op)?;
+                    d.set_item("calls", t.calls)?;
+                    d.set_item("seconds", t.seconds)?;
+                    d.set_item("share", share(t.seconds))?;
+                    rows.push(d);
+                }
+            }
+            "op" => {
+                let mut by_op: Vec<(String, usize, u64, f64)> = Vec::new();
+                for t in times {
+                    match by_op.iter_mut().find(|r| r.0 == t.op) {
+                        Some(r) => {
+                            r.1 += 1;
+                            r.2 += t.calls;
+                            r.3 += t.seconds;
+                        }
+                        None => by_op.push((t.op, 1, t.calls, t.seconds)),
+                    }
+                }
+                by_op.sort_by(|a, b| b.3.total_cmp(&a.3));
+                for (op, nodes, calls, seconds) in by_op {
+                    let d = PyDict::new(py);
+                    d.set_item("op", op)?;
+                    d.set_item("nodes", nodes)?;
+                    d.set_item("calls", calls)?;
+                    d.set_item("seconds", seconds)?;
+                    d.set_item("share", share(seconds))?;
+                    rows.push(d);
+                }
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "by must be 'op' or 'node', got {other:?}"
+                )))
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Forgets the times `profile()` has gathered so far.
+    fn reset_profile(&self) {
+        self.inner.reset_profile();
+    }
+
     /// The nodes (id, op, type, FLOPs) and the memory plan with every symbol = 1.
     fn summary(&self) -> String {
         self.inner.summary()

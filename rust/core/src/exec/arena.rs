@@ -11,6 +11,7 @@
 //! At most [`MAX_IDLE`] arenas stay idle (one per concurrent run, up to that).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Result;
@@ -70,6 +71,38 @@ struct Plans {
 pub struct RunCache {
     pool: Mutex<Pool>,
     plans: Mutex<Plans>,
+    /// Per-node times, when profiling is on (see `Compiled::set_profiling`).
+    pub(crate) profile: NodeProfile,
+}
+
+/// Time spent in each node over the profiled runs: (calls, nanoseconds) by node id.
+#[derive(Default)]
+pub(crate) struct NodeProfile {
+    pub(crate) enabled: AtomicBool,
+    times: Mutex<Vec<(u64, u64)>>,
+}
+
+impl NodeProfile {
+    /// Adds one run's (node id, nanoseconds) measurements.
+    pub(crate) fn record(&self, run: &[(usize, u64)]) {
+        let mut times = lock(&self.times);
+        for &(id, nanos) in run {
+            if times.len() <= id {
+                times.resize(id + 1, (0, 0));
+            }
+            times[id].0 += 1;
+            times[id].1 += nanos;
+        }
+    }
+
+    /// (calls, nanoseconds) by node id so far.
+    pub(crate) fn snapshot(&self) -> Vec<(u64, u64)> {
+        lock(&self.times).clone()
+    }
+
+    pub(crate) fn clear(&self) {
+        lock(&self.times).clear();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -7,5 +7,5 @@ pub mod dispatch;
 pub mod plan;
 pub mod state;
 
-pub use plan::Compiled;
+pub use plan::{Compiled, NodeTime};
 pub use state::CancelToken;

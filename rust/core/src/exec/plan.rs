@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::graph::dim::resolve_all;
@@ -48,6 +50,19 @@ pub struct Compiled {
     cache: Arc<RunCache>,
     /// What each optimization pass did (empty when compiled without passes).
     passes: Vec<PassStat>,
+}
+
+/// One node's share of the profiled runs (see [`Compiled::profile`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeTime {
+    /// The node's id (its value id, as in `summary`).
+    pub node: ValueId,
+    /// The op's name: `"linear"`, `"rms_norm"`, ...
+    pub op: String,
+    /// Profiled runs that executed it.
+    pub calls: u64,
+    /// Time in it over those runs.
+    pub seconds: f64,
 }
 
 /// A product `coef · sym · sym ...` (FLOP counts over symbolic dims).
@@ -338,11 +353,14 @@ impl Compiled {
     ) -> Result<HashMap<String, Tensor>> {
         let offsets = &plan.memory.offsets;
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
+        let profiling = self.cache.profile.enabled.load(Ordering::Relaxed);
+        let mut times: Vec<(usize, u64)> = Vec::new();
         for (id, node) in self.nodes.iter().enumerate() {
             if !self.needed[id] {
                 continue;
             }
             cancel.check()?;
+            let started = profiling.then(Instant::now);
             let planned = offsets[id].filter(|_| plan.bytes[id] > 0);
             let mut out = None;
             // In place: the plan put this elementwise output over its first input,
@@ -411,6 +429,15 @@ impl Compiled {
             }
             values[id] = Some(out);
             self.release_after(id, &mut values);
+            if let Some(t) = started {
+                times.push((
+                    id,
+                    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                ));
+            }
+        }
+        if profiling {
+            self.cache.profile.record(&times);
         }
         // Outputs leave the arena (it is reused by the next run).
         self.outputs
@@ -425,6 +452,42 @@ impl Compiled {
                 Ok((name.clone(), t))
             })
             .collect()
+    }
+
+    /// Turns per-node timing on or off for the runs that start from now on (shared by
+    /// every clone of this program). Off, a run pays one flag check; on, two clock reads
+    /// per node and one lock per run.
+    pub fn set_profiling(&self, on: bool) {
+        self.cache.profile.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether runs are being profiled.
+    pub fn profiling(&self) -> bool {
+        self.cache.profile.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Time spent in each node over the profiled runs so far, in graph order: nodes
+    /// that never ran are left out. A node's time covers its kernel and the executor's
+    /// work around it (output placement, shape check, freeing dead values).
+    pub fn profile(&self) -> Vec<NodeTime> {
+        self.cache
+            .profile
+            .snapshot()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (calls, _))| *calls > 0)
+            .map(|(id, (calls, nanos))| NodeTime {
+                node: id,
+                op: self.nodes[id].op.name().to_owned(),
+                calls,
+                seconds: nanos as f64 * 1e-9,
+            })
+            .collect()
+    }
+
+    /// Forgets the times measured so far.
+    pub fn reset_profile(&self) {
+        self.cache.profile.clear();
     }
 
     /// Idle arena bytes held for the next runs (see `arena` for the policy).
