@@ -58,6 +58,10 @@ class Tokenizer:
         self._lock = threading.Lock()
         self.path = path
         self.pad_id = _pad_id(inner)
+        # tokenizers >= 0.21 can skip the character offsets, which nothing here reads: the
+        # same ids, 20-30% less time per text (MiniLM's tokenizer, one thread: 16.5 vs
+        # 12.0 us for a 12-token sentence).
+        self._encode_batch = getattr(inner, "encode_batch_fast", None) or inner.encode_batch  # type: ignore[attr-defined]
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> Tokenizer:
@@ -94,7 +98,7 @@ class Tokenizer:
             if max_length is not None:
                 inner.enable_truncation(max_length)  # type: ignore[attr-defined]
             try:
-                encodings = inner.encode_batch(texts)  # type: ignore[attr-defined]
+                encodings = self._encode_batch(texts)
             finally:
                 inner.no_truncation()  # type: ignore[attr-defined]
         return [Encoded(e.ids, e.attention_mask, e.type_ids) for e in encodings]
