@@ -234,6 +234,27 @@ def test_prepacked_bf16_small_m_odd_depth(isa, m, k):
         assert np.all(np.abs(got - ref) <= tol), type(weight)
 
 
+@pytest.mark.parametrize("k", [129, 2101])
+@pytest.mark.parametrize("m", [9, 33, 200])
+def test_prepacked_bf16_gemm_on_every_tier(isa, m, k):
+    """M > 8 over pre-packed bf16 weights: they stay bf16 (k-pair panels) on every CPU; the
+    AVX512-BF16 kernel reads them where it runs, every other tier widens them to its own
+    f32 panels per product (K across packed depth blocks, 70 columns: a partial panel)."""
+    rng = np.random.default_rng(m + k)
+    n = 70
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    wb = rng.standard_normal((n, k), dtype=np.float32).astype(ml_dtypes.bfloat16)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    w64 = wb.astype(np.float64).T
+    ref = np.maximum(x.astype(np.float64) @ w64 + bias, 0)
+    tol = 1e-6 + 2 * f32_tol(x, wb.astype(np.float32).T)
+    if uses_bf16_kernel():
+        tol = tol + BF16_EPS * (np.abs(x).astype(np.float64) @ np.abs(w64))  # activations rounded
+    packed = rt.prepack(rt.tensor(wb))
+    got = rt.linear(x, packed, bias=bias, activation="relu").numpy()
+    assert np.all(np.abs(got - ref) <= tol)
+
+
 @pytest.mark.parametrize("n", [192, 576, 607])
 @pytest.mark.parametrize("m", [1, 5])
 def test_prepacked_small_m_split_across_threads(isa, m, n):

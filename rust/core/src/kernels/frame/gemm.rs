@@ -32,6 +32,9 @@ const MC_TARGET: usize = 144;
 const KC_AVX512: usize = 1024;
 const MC_TARGET_AVX512: usize = 72;
 
+/// Columns per bf16 k-pair panel (the AVX512-BF16 micro-kernel's NR), on every CPU.
+pub const PAIRS_NR: usize = 32;
+
 /// Where B comes from.
 #[derive(Copy, Clone)]
 pub enum BSource<'a> {
@@ -39,6 +42,9 @@ pub enum BSource<'a> {
     BF16(MatRef<bf16>),
     F16(MatRef<f16>),
     Packed(&'a PackedB),
+    /// Pre-packed bf16 k-pair panels read as a plain K × N matrix, packed again (widened
+    /// to f32 panels) per product: GEMM on a CPU without the bf16 micro-kernel.
+    Pairs(&'a PackedB),
 }
 
 impl BSource<'_> {
@@ -48,7 +54,7 @@ impl BSource<'_> {
             BSource::F32(b) => (b.rows, b.cols),
             BSource::BF16(b) => (b.rows, b.cols),
             BSource::F16(b) => (b.rows, b.cols),
-            BSource::Packed(p) => (p.k, p.n),
+            BSource::Packed(p) | BSource::Pairs(p) => (p.k, p.n),
         }
     }
 }
@@ -56,19 +62,40 @@ impl BSource<'_> {
 /// A micro-kernel family: its tile, the packed element types, and how to pack.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum KernelKind {
-    F32 { isa: Isa },
-    Bf16Avx512,
+    F32 {
+        isa: Isa,
+    },
+    /// bf16 k-pair panels (kp × 32 × 2), read by the AVX512-BF16 micro-kernel
+    /// (`vdpbf16ps`) where the CPU has it, widened to f32 panels per product otherwise,
+    /// and by every tier's GEMV.
+    Bf16Pairs,
 }
 
 impl KernelKind {
     /// The kernel this CPU uses for B of `dtype` at the current ISA tier.
     pub fn choose(bf16_weights: bool) -> KernelKind {
-        let isa = isa();
-        if bf16_weights && isa == Isa::Avx512 && cpu().avx512_bf16 {
-            KernelKind::Bf16Avx512
+        if bf16_weights && KernelKind::bf16_kernel_runs() {
+            KernelKind::Bf16Pairs
         } else {
-            KernelKind::F32 { isa }
+            KernelKind::F32 { isa: isa() }
         }
+    }
+
+    /// The layout of bf16 or f32 weights packed once for reuse: bf16 weights stay bf16
+    /// (k-pair panels) on every CPU, so decoding streams half the bytes of f32 panels
+    /// and the packed copy takes half the memory; where the bf16 micro-kernel cannot run,
+    /// GEMMs widen the panels block by block (`BSource::Pairs`).
+    pub fn choose_for_reuse(bf16_weights: bool) -> KernelKind {
+        if bf16_weights {
+            KernelKind::Bf16Pairs
+        } else {
+            KernelKind::F32 { isa: isa() }
+        }
+    }
+
+    /// Whether the AVX512-BF16 micro-kernel runs at the current ISA tier on this CPU.
+    pub fn bf16_kernel_runs() -> bool {
+        isa() == Isa::Avx512 && cpu().avx512_bf16
     }
 
     pub fn mr_nr(self) -> (usize, usize) {
@@ -85,10 +112,12 @@ impl KernelKind {
                 (k::MR, k::NR)
             }
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Bf16Avx512 => {
+            KernelKind::Bf16Pairs => {
                 use crate::kernels::x86_64::avx512_mmm_bf16_12x32 as k;
                 (k::MR, k::NR)
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            KernelKind::Bf16Pairs => (12, PAIRS_NR),
             #[cfg(not(target_arch = "x86_64"))]
             _ => (generic::MR, generic::NR),
         }
@@ -98,7 +127,7 @@ impl KernelKind {
     fn mc(self) -> usize {
         let (mr, _) = self.mr_nr();
         let target = match self {
-            KernelKind::F32 { isa: Isa::Avx512 } | KernelKind::Bf16Avx512 => MC_TARGET_AVX512,
+            KernelKind::F32 { isa: Isa::Avx512 } | KernelKind::Bf16Pairs => MC_TARGET_AVX512,
             _ => MC_TARGET,
         };
         mr * (target / mr).max(1)
@@ -110,7 +139,7 @@ impl KernelKind {
     /// at 1024³, 243 vs 203 at 2048³, against 256).
     pub fn kc(self) -> usize {
         match self {
-            KernelKind::F32 { isa: Isa::Avx512 } | KernelKind::Bf16Avx512 => KC_AVX512,
+            KernelKind::F32 { isa: Isa::Avx512 } | KernelKind::Bf16Pairs => KC_AVX512,
             _ => KC,
         }
     }
@@ -119,7 +148,7 @@ impl KernelKind {
     pub(crate) fn b_units(self, kc: usize) -> usize {
         match self {
             KernelKind::F32 { .. } => kc,
-            KernelKind::Bf16Avx512 => kc.div_ceil(2) * 2,
+            KernelKind::Bf16Pairs => kc.div_ceil(2) * 2,
         }
     }
 }
@@ -178,7 +207,7 @@ fn huge_page_vec<T: Copy + Default>(len: usize) -> Vec<T> {
 /// Packs B for the current ISA (bf16 B uses the bf16 kernel where available).
 pub fn pack_b_for_reuse(b: BSource<'_>) -> Result<PackedB> {
     let (k, n) = b.dims();
-    let kind = KernelKind::choose(matches!(b, BSource::BF16(_)));
+    let kind = KernelKind::choose_for_reuse(matches!(b, BSource::BF16(_)));
     let (_, nr) = kind.mr_nr();
     let n_pad = n.div_ceil(nr) * nr;
     let mut out = PackedB {
@@ -191,10 +220,10 @@ pub fn pack_b_for_reuse(b: BSource<'_>) -> Result<PackedB> {
     let total = n_pad
         .checked_mul(k.div_ceil(2) * 2)
         .ok_or_else(|| Error::shape("pack", format!("B of {k} x {n} is too large")))?;
-    if matches!(b, BSource::Packed(_)) {
+    if matches!(b, BSource::Packed(_) | BSource::Pairs(_)) {
         return Err(Error::Internal("B is already packed".into()));
     }
-    if kind == KernelKind::Bf16Avx512 {
+    if kind == KernelKind::Bf16Pairs {
         out.bf16_data = huge_page_vec(total);
     } else {
         out.f32_data = huge_page_vec(n_pad * k);
@@ -284,10 +313,16 @@ pub fn gemm(
     if m <= gemv::MAX_ROWS && !(packed_f32 && m > 1) {
         return gemv::gemv(a, b, c, ldc, epi);
     }
-    let kind = match b {
-        BSource::Packed(p) => p.kind,
-        BSource::BF16(_) => KernelKind::choose(true),
-        _ => KernelKind::choose(false),
+    let (kind, b) = match b {
+        // bf16 panels without the bf16 micro-kernel: widened to f32 panels per product.
+        BSource::Packed(p)
+            if p.kind == KernelKind::Bf16Pairs && !KernelKind::bf16_kernel_runs() =>
+        {
+            (KernelKind::choose(false), BSource::Pairs(p))
+        }
+        BSource::Packed(p) => (p.kind, b),
+        BSource::BF16(_) => (KernelKind::choose(true), b),
+        _ => (KernelKind::choose(false), b),
     };
     gemm_with(kind, a, b, c, ldc, epi);
     Ok(())
@@ -312,7 +347,7 @@ pub(crate) fn gemm_with(
     let (m_panels, n_panels) = (m.div_ceil(mr), n.div_ceil(nr));
     // (bf16 weights keep one task per thread: their tasks each convert A to bf16 pairs,
     // and a 256-token bf16 prefill measured 17% slower split four ways per thread)
-    let (tm, tn) = if matches!(b, BSource::Packed(_)) && kind != KernelKind::Bf16Avx512 {
+    let (tm, tn) = if matches!(b, BSource::Packed(_)) && kind != KernelKind::Bf16Pairs {
         oversplit_grid(m_panels, n_panels, m, n, k, threads)
     } else {
         grid(m_panels, n_panels, m, n, threads)
@@ -461,7 +496,7 @@ fn pack_b_block(
 ) {
     let (_, nr) = kind.mr_nr();
     let panel_len = nr * kind.b_units(kc);
-    if kind != KernelKind::Bf16Avx512 && panels.0 < panels.1 {
+    if kind != KernelKind::Bf16Pairs && panels.0 < panels.1 {
         // SAFETY: the caller sized `bf` for every panel of the block; this call owns
         // panels panels.0 .. panels.1 exclusively.
         let dst = unsafe {
@@ -474,6 +509,7 @@ fn pack_b_block(
             BSource::F32(s) => pack_b_panels(s.sub(pc, jc, kc, nc), nr, panels.0..panels.1, dst),
             BSource::BF16(s) => pack_b_panels(s.sub(pc, jc, kc, nc), nr, panels.0..panels.1, dst),
             BSource::F16(s) => pack_b_panels(s.sub(pc, jc, kc, nc), nr, panels.0..panels.1, dst),
+            BSource::Pairs(p) => widen_pairs(p, (jc, pc, kc, nc), nr, panels.0..panels.1, dst),
             BSource::Packed(_) => {}
         }
         return;
@@ -492,6 +528,102 @@ fn pack_b_block(
     }
 }
 
+/// Packs panels `panels` (`nr` columns each, f32, k-major) of the (jc, pc) block (kc × nc)
+/// of B from bf16 k-pair panels `p` (whose depth blocks need not match this block's).
+/// Every f32 kernel's NR divides [`PAIRS_NR`], so each output panel lies inside one pair
+/// panel; widening is exact (a bf16 is the high half of its f32).
+fn widen_pairs(
+    p: &PackedB,
+    block: (usize, usize, usize, usize),
+    nr: usize,
+    panels: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa(), Isa::Avx2 | Isa::Avx512) {
+        // SAFETY: these tiers are only current after dispatch confirmed AVX2.
+        unsafe { widen_pairs_avx2(p, block, nr, panels, out) };
+        return;
+    }
+    widen_pairs_body(p, block, nr, panels, out);
+}
+
+/// [`widen_pairs`] compiled for AVX2 (the loops vectorize 8 columns wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn widen_pairs_avx2(
+    p: &PackedB,
+    block: (usize, usize, usize, usize),
+    nr: usize,
+    panels: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    widen_pairs_body(p, block, nr, panels, out);
+}
+
+#[inline(always)]
+fn widen_pairs_body(
+    p: &PackedB,
+    (jc, pc, kc, nc): (usize, usize, usize, usize),
+    nr: usize,
+    panels: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    debug_assert!(PAIRS_NR.is_multiple_of(nr) && jc.is_multiple_of(nr));
+    let depth = p.kind.kc();
+    let panel_len = nr * kc;
+    for (o, i) in panels.enumerate() {
+        let dst = &mut out[o * panel_len..(o + 1) * panel_len];
+        let col0 = jc + i * nr;
+        let cols = nr.min(jc + nc - col0);
+        let (src_panel, sub) = (col0 / PAIRS_NR, col0 % PAIRS_NR);
+        let mut r = 0;
+        while r < kc {
+            // Rows r.. of this block lie in depth block `blk` of the pairs, from row kk on.
+            let k = pc + r;
+            let blk = k / depth * depth;
+            let kk = k - blk;
+            let rows = (depth.min(p.k - blk) - kk).min(kc - r);
+            let base = p.panel_offset(blk, src_panel * PAIRS_NR);
+            let mut t = 0;
+            while t < rows {
+                // Pair row q / 2 holds rows q & !1 and q | 1, interleaved column by column:
+                // each (even, odd) pair of a column is one u32, even in the low half.
+                let q = kk + t;
+                let at = base + (q / 2) * PAIRS_NR * 2 + sub * 2;
+                let pairs = &p.bf16_data[at..at + 2 * cols];
+                // The stream of pair rows runs ahead of the hardware prefetcher (its loads
+                // stalled 80% of this loop on DRAM): ask for the line 16 pair rows on.
+                crate::kernels::frame::prefetch::stream_ahead(pairs.as_ptr().cast());
+                let both = q.is_multiple_of(2) && t + 1 < rows;
+                let (first, rest) = dst[(r + t) * nr..].split_at_mut(nr);
+                if both {
+                    let second = &mut rest[..nr];
+                    for ((e, o), c) in first
+                        .iter_mut()
+                        .zip(second.iter_mut())
+                        .zip(pairs.chunks_exact(2))
+                    {
+                        *e = f32::from_bits(u32::from(c[0]) << 16);
+                        *o = f32::from_bits(u32::from(c[1]) << 16);
+                    }
+                    first[cols..].fill(0.0);
+                    second[cols..].fill(0.0);
+                    t += 2;
+                } else {
+                    let half = q % 2;
+                    for (v, c) in first.iter_mut().zip(pairs.chunks_exact(2)) {
+                        *v = f32::from_bits(u32::from(c[half]) << 16);
+                    }
+                    first[cols..].fill(0.0);
+                    t += 1;
+                }
+            }
+            r += rows;
+        }
+    }
+}
+
 /// The slices of a pre-packed B for block (jc, pc).
 fn prepacked_block(
     kind: KernelKind,
@@ -505,7 +637,7 @@ fn prepacked_block(
     let panel_len = nr * kind.b_units(kc);
     let at = p.panel_offset(pc, jc);
     let (f32, bf16): (&[f32], &[u16]) = match kind {
-        KernelKind::Bf16Avx512 => (&[], &p.bf16_data[at..at + n_panels * panel_len]),
+        KernelKind::Bf16Pairs => (&[], &p.bf16_data[at..at + n_panels * panel_len]),
         _ => (&p.f32_data[at..at + n_panels * panel_len], &[]),
     };
     BBlock {
@@ -544,7 +676,7 @@ fn macro_kernel(
             let mcur = mc.min(rows.1 - ic);
             let a_blk = a.sub(ic, pc, mcur, kc);
             match kind {
-                KernelKind::Bf16Avx512 => {
+                KernelKind::Bf16Pairs => {
                     ab.resize(mcur.div_ceil(mr) * mr * kc.div_ceil(2), 0);
                     pack_a_bf16_pairs(a_blk, mr, ab);
                 }
@@ -554,7 +686,7 @@ fn macro_kernel(
                 }
             }
             let n_ir = mcur.div_ceil(mr);
-            let elem = if kind == KernelKind::Bf16Avx512 { 2 } else { 4 };
+            let elem = if kind == KernelKind::Bf16Pairs { 2 } else { 4 };
             let lines = (panel_len * elem).div_ceil(64);
             let per_call = lines.div_ceil(n_ir);
             for panel in panels.0..panels.1 {
@@ -567,7 +699,7 @@ fn macro_kernel(
                     let mcur_r = mr.min(mcur - i0);
                     // Pull the next panel of this task towards L1 while this one is in use.
                     let prefetch = if panel + 1 < panels.1 {
-                        let next = if kind == KernelKind::Bf16Avx512 {
+                        let next = if kind == KernelKind::Bf16Pairs {
                             blk.bf16.wrapping_add((panel + 1) * panel_len).cast::<u8>()
                         } else {
                             blk.f32.wrapping_add((panel + 1) * panel_len).cast::<u8>()
@@ -637,7 +769,7 @@ fn gemm_block(
                 let blk = match b {
                     BSource::Packed(p) => prepacked_block(kind, p, jc, pc, kc, n_panels),
                     _ => {
-                        if kind == KernelKind::Bf16Avx512 {
+                        if kind == KernelKind::Bf16Pairs {
                             bb.resize(n_panels * panel_len, 0);
                         } else {
                             bf.resize(n_panels * panel_len, 0.0);
@@ -698,7 +830,7 @@ fn gemm_shared_b(
         for pc in (0..k).step_by(kind.kc()) {
             let kc = kind.kc().min(k - pc);
             let panel_len = nr * kind.b_units(kc);
-            if kind == KernelKind::Bf16Avx512 {
+            if kind == KernelKind::Bf16Pairs {
                 bb.resize(n_panels * panel_len, 0);
             } else {
                 bf.resize(n_panels * panel_len, 0.0);
@@ -844,8 +976,8 @@ impl Tile {
                 crate::kernels::x86_64::avx512_mmm_f32_12x32::avx512_mmm_f32_12x32
             }
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Bf16Avx512 => {
-                // SAFETY: Bf16Avx512 is only chosen when the CPU reports AVX512_BF16;
+            KernelKind::Bf16Pairs => {
+                // SAFETY: Bf16Pairs is only chosen when the CPU reports AVX512_BF16;
                 // the packed bf16 panels are valid for kc (forwarded caller guarantees).
                 return unsafe {
                     crate::kernels::x86_64::avx512_mmm_bf16_12x32::avx512_mmm_bf16_12x32(
@@ -906,7 +1038,7 @@ mod tests {
             .map(|isa| KernelKind::F32 { isa })
             .collect();
         if cpu().avx512_bf16 && available().contains(&Isa::Avx512) {
-            out.push(KernelKind::Bf16Avx512);
+            out.push(KernelKind::Bf16Pairs);
         }
         out
     }
@@ -957,7 +1089,7 @@ mod tests {
             rs: bv.1,
             cs: bv.2,
         };
-        let bf16_kernel = kind == KernelKind::Bf16Avx512;
+        let bf16_kernel = kind == KernelKind::Bf16Pairs;
         let round = |x: f32| {
             if bf16_kernel {
                 half::bf16::from_f32(x).to_f32()
@@ -1095,6 +1227,60 @@ mod tests {
             .unwrap();
             for (x, y) in c1.iter().zip(&c2) {
                 assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    /// bf16 weights packed once (k-pair panels on every CPU) and widened per product to
+    /// each tier's f32 panels equal the product with the unpacked bf16 weights, for
+    /// depths across the pair panels' depth blocks and odd column counts.
+    #[test]
+    fn bf16_pairs_widened_for_every_f32_kernel_equal_unpacked() {
+        for (m, k, n) in [(9, 7, 5), (20, 301, 45), (33, 1030, 70), (97, 2100, 33)] {
+            let a = values(m * k, 7);
+            let w: Vec<bf16> = values(n * k, 8).into_iter().map(bf16::from_f32).collect();
+            let av = MatRef {
+                ptr: a.as_ptr(),
+                rows: m,
+                cols: k,
+                rs: k as isize,
+                cs: 1,
+            };
+            let bv = MatRef {
+                ptr: w.as_ptr(),
+                rows: k,
+                cols: n,
+                rs: 1,
+                cs: k as isize,
+            };
+            let packed = pack_b_for_reuse(BSource::BF16(bv)).unwrap();
+            assert_eq!(packed.kind, KernelKind::Bf16Pairs);
+            let mut want = vec![0f32; m * n];
+            gemm_with(
+                KernelKind::F32 { isa: Isa::Generic },
+                av,
+                BSource::BF16(bv),
+                &mut want,
+                n,
+                &Epilogue::default(),
+            );
+            for isa in available() {
+                let mut got = vec![0f32; m * n];
+                let kind = KernelKind::F32 { isa };
+                gemm_with(
+                    kind,
+                    av,
+                    BSource::Pairs(&packed),
+                    &mut got,
+                    n,
+                    &Epilogue::default(),
+                );
+                for (x, y) in want.iter().zip(&got) {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
+                        "{isa:?} {m}x{k}x{n}: {x} vs {y}"
+                    );
+                }
             }
         }
     }

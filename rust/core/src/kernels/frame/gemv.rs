@@ -245,7 +245,7 @@ fn run_m<const M: usize>(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
         Form::NkBf16(b) => nk_cols::<bf16, M, 4>(job, b, j0, j1),
         Form::NkF16(b) => nk_cols::<half::f16, M, 4>(job, b, j0, j1),
         Form::Packed(p) => match (p.kind, p.kind.mr_nr().1) {
-            (KernelKind::Bf16Avx512, 32) => packed_bf16::<M, 32>(job, p, j0, j1),
+            (KernelKind::Bf16Pairs, 32) => packed_bf16::<M, 32>(job, p, j0, j1),
             (_, 32) => packed_f32::<M, 32>(job, p, j0, j1),
             (_, 16) => packed_f32::<M, 16>(job, p, j0, j1),
             _ => packed_f32::<M, 8>(job, p, j0, j1),
@@ -331,7 +331,7 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
         },
         Form::Packed(p) => {
             let (kind, base, elem) = match p.kind {
-                KernelKind::Bf16Avx512 => {
+                KernelKind::Bf16Pairs => {
                     (PanelKind::Bf16Pairs, p.bf16_data.as_ptr().cast::<u8>(), 2)
                 }
                 KernelKind::F32 { isa: Isa::Avx512 } => {
@@ -443,7 +443,7 @@ pub(crate) fn gemv_with(
         BSource::BF16(b) if b.rs == 1 => Form::NkBf16(b),
         BSource::F16(b) if b.cs == 1 => Form::KnF16(b),
         BSource::F16(b) if b.rs == 1 => Form::NkF16(b),
-        BSource::Packed(p) => Form::Packed(p),
+        BSource::Packed(p) | BSource::Pairs(p) => Form::Packed(p),
         other => {
             let mut dense = vec![0f32; k * n];
             for p in 0..k {
@@ -454,7 +454,7 @@ pub(crate) fn gemv_with(
                             BSource::F32(b) => b.at(p, j),
                             BSource::BF16(b) => b.at(p, j).to_f32(),
                             BSource::F16(b) => b.at(p, j).to_f32(),
-                            BSource::Packed(_) => 0.0,
+                            BSource::Packed(_) | BSource::Pairs(_) => 0.0,
                         }
                     };
                 }
