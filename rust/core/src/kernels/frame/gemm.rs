@@ -1194,23 +1194,32 @@ mod tests {
         }
     }
 
-    fn prepacked_equals_unpacked_at(m: usize, k: usize, n: usize) {
-        let a = values(m * k, 5);
-        let w = values(n * k, 6); // N × K weights
-        let av = MatRef {
+    /// `a` as a row-major rows × cols matrix.
+    fn row_major<T>(a: &[T], rows: usize, cols: usize) -> MatRef<T> {
+        MatRef {
             ptr: a.as_ptr(),
-            rows: m,
-            cols: k,
-            rs: k as isize,
+            rows,
+            cols,
+            rs: cols as isize,
             cs: 1,
-        };
-        let bv = MatRef {
+        }
+    }
+
+    /// N × K weights `w` seen as B (K × N).
+    fn weights<T>(w: &[T], k: usize, n: usize) -> MatRef<T> {
+        MatRef {
             ptr: w.as_ptr(),
             rows: k,
             cols: n,
             rs: 1,
             cs: k as isize,
-        };
+        }
+    }
+
+    fn prepacked_equals_unpacked_at(m: usize, k: usize, n: usize) {
+        let a = values(m * k, 5);
+        let w = values(n * k, 6); // N × K weights
+        let (av, bv) = (row_major(&a, m, k), weights(&w, k, n));
         let packed = pack_b_for_reuse(BSource::F32(bv)).unwrap();
         for rows in [m, 3] {
             let a_rows = MatRef { rows, ..av };
@@ -1239,20 +1248,7 @@ mod tests {
         for (m, k, n) in [(9, 7, 5), (20, 301, 45), (33, 1030, 70), (97, 2100, 33)] {
             let a = values(m * k, 7);
             let w: Vec<bf16> = values(n * k, 8).into_iter().map(bf16::from_f32).collect();
-            let av = MatRef {
-                ptr: a.as_ptr(),
-                rows: m,
-                cols: k,
-                rs: k as isize,
-                cs: 1,
-            };
-            let bv = MatRef {
-                ptr: w.as_ptr(),
-                rows: k,
-                cols: n,
-                rs: 1,
-                cs: k as isize,
-            };
+            let (av, bv) = (row_major(&a, m, k), weights(&w, k, n));
             let packed = pack_b_for_reuse(BSource::BF16(bv)).unwrap();
             assert_eq!(packed.kind, KernelKind::Bf16Pairs);
             let mut want = vec![0f32; m * n];
