@@ -16,7 +16,7 @@ use crate::kernels::frame::gemv;
 use crate::kernels::frame::pack::{
     pack_a, pack_a_bf16_pairs, pack_b_bf16_pairs, pack_b_panels, MatRef,
 };
-use crate::kernels::frame::prefetch::Prefetch;
+use crate::kernels::frame::prefetch::{self, Prefetch};
 use crate::kernels::frame::threads::{num_threads, parallel_for, SendPtr};
 use crate::kernels::generic::mmm as generic;
 
@@ -34,6 +34,8 @@ const MC_TARGET_AVX512: usize = 72;
 
 /// Columns per bf16 k-pair panel (the AVX512-BF16 micro-kernel's NR), on every CPU.
 pub const PAIRS_NR: usize = 32;
+/// How far ahead (in pair rows of 128 bytes) `widen_pairs` prefetches.
+const PAIR_ROWS_AHEAD: usize = 32;
 
 /// Where B comes from.
 #[derive(Copy, Clone)]
@@ -592,9 +594,16 @@ fn widen_pairs_body(
                 let q = kk + t;
                 let at = base + (q / 2) * PAIRS_NR * 2 + sub * 2;
                 let pairs = &p.bf16_data[at..at + 2 * cols];
-                // The stream of pair rows runs ahead of the hardware prefetcher (its loads
-                // stalled 80% of this loop on DRAM): ask for the line 16 pair rows on.
-                crate::kernels::frame::prefetch::stream_ahead(pairs.as_ptr().cast());
+                // This panel reads one line of each 128-byte pair row (the next panel the
+                // other), a stride the hardware prefetcher followed too slowly (the loads
+                // stalled 80% of this loop on DRAM): fetch both lines of the pair row
+                // PAIR_ROWS_AHEAD on, for this panel and the next.
+                let ahead = p
+                    .bf16_data
+                    .as_ptr()
+                    .wrapping_add(base + (q / 2 + PAIR_ROWS_AHEAD) * PAIRS_NR * 2);
+                prefetch::line_at(ahead.cast());
+                prefetch::line_at(ahead.wrapping_add(PAIRS_NR).cast());
                 let both = q.is_multiple_of(2) && t + 1 < rows;
                 let (first, rest) = dst[(r + t) * nr..].split_at_mut(nr);
                 if both {
