@@ -63,6 +63,8 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
     let b = args.b.cast::<f32>();
     const W: usize = 32;
     const KB: usize = 4;
+    /// Floats ahead of each row stream that the loop prefetches (1 KiB).
+    const KN_AHEAD: usize = 256;
     let full_end = n0 + (n1 - n0) / W * W;
     for r in 0..m {
         // SAFETY: row r, columns n0..n1 of C are writable.
@@ -92,6 +94,14 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
                         _mm512_loadu_ps(row.add(j + 16)),
                     ]
                 };
+            }
+            // The KB row streams (each read 128 bytes at a time) run ahead of the hardware
+            // prefetcher: fetch both lines of each row KN_AHEAD floats on. (Zen 5, one thread,
+            // B in L3, alternating in one process: 1x768x3072 47-48 vs 39-40 GFLOP/s,
+            // 1x576x1536 48-50 vs 39-40; two threads 88 vs 72 and 76 vs 63.)
+            for row in rows {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(j + KN_AHEAD).cast());
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(j + KN_AHEAD + 16).cast());
             }
             if m == 1 {
                 // Decode: the KB coefficients stay in registers for the whole sweep.
