@@ -14,6 +14,7 @@ use crate::kernels::dispatch::{isa, Isa};
 use crate::kernels::frame::epilogue::{apply_tile, Epilogue};
 use crate::kernels::frame::gemm::{BSource, COut, KernelKind, PackedB};
 use crate::kernels::frame::pack::{MatRef, WeightElement};
+use crate::kernels::frame::prefetch;
 use crate::kernels::frame::threads::{num_threads, parallel_for};
 
 /// Largest M handled here.
@@ -30,6 +31,8 @@ struct Job<'a> {
 
 /// Rows of B consumed per sweep over the columns: that many sequential streams.
 const KB: usize = 8;
+/// Bytes ahead of each row stream of `kn_strip` that it prefetches.
+const KN_AHEAD_BYTES: usize = 1024;
 
 /// C[:, j0..j1] = A · B[:, j0..j1] for B row-major (cs == 1). Sweeps of KB rows
 /// of B across the columns, accumulating into C (which stays in L1/L2), so B
@@ -53,6 +56,12 @@ fn kn_strip<T: WeightElement, const M: usize, const W: usize>(
                 let row = unsafe {
                     std::slice::from_raw_parts(b.ptr.offset(p as isize * b.rs + j as isize), w)
                 };
+                // Each row is a stream read W elements at a time: fetch the lines of this
+                // strip's part KN_AHEAD_BYTES on (prefetches never fault).
+                let ahead = row.as_ptr().cast::<u8>().wrapping_add(KN_AHEAD_BYTES);
+                for line in 0..(W * std::mem::size_of::<T>()).div_ceil(64) {
+                    prefetch::line_at(ahead.wrapping_add(64 * line));
+                }
                 if w == W {
                     let mut bv = [0f32; W];
                     for (d, s) in bv.iter_mut().zip(row) {
