@@ -251,6 +251,8 @@ def test_prepacked_bf16_gemm_on_every_tier(isa, m, k):
     if uses_bf16_kernel():
         tol = tol + BF16_EPS * (np.abs(x).astype(np.float64) @ np.abs(w64))  # activations rounded
     packed = rt.prepack(rt.tensor(wb))
+    # Two bytes a weight (panels padded to 32 columns, K to even) at every tier, not f32's four.
+    assert packed.nbytes == 2 * 96 * (k + k % 2), packed.nbytes
     got = rt.linear(x, packed, bias=bias, activation="relu").numpy()
     assert np.all(np.abs(got - ref) <= tol)
 
