@@ -206,7 +206,8 @@ fn huge_page_vec<T: Copy + Default>(len: usize) -> Vec<T> {
     v
 }
 
-/// Packs B for the current ISA (bf16 B uses the bf16 kernel where available).
+/// Packs B for reuse: f32 B in the current ISA tier's f32 panels, bf16 B in bf16 k-pair
+/// panels on every CPU (see `KernelKind::choose_for_reuse`).
 pub fn pack_b_for_reuse(b: BSource<'_>) -> Result<PackedB> {
     let (k, n) = b.dims();
     let kind = KernelKind::choose_for_reuse(matches!(b, BSource::BF16(_)));
