@@ -634,6 +634,25 @@ fn widen_pairs_body(
     }
 }
 
+/// Where the bf16 pair rows that output panel `panel` of a lazily widened block starts a
+/// new pair panel with begin (kc × 64 contiguous bytes: the block's depth lies inside one
+/// depth block of the pairs); None for other sources and for panels that share the
+/// previous panel's pair panel (its rows are being read already).
+fn pair_rows_of(l: LazyPack<'_>, panel: usize, nr: usize) -> Option<*const u8> {
+    let BSource::Pairs(p) = l.b else {
+        return None;
+    };
+    let (jc, pc, _, _) = l.block;
+    let col = jc + panel * nr;
+    if !col.is_multiple_of(PAIRS_NR) {
+        return None;
+    }
+    let depth = p.kind.kc();
+    let blk = pc / depth * depth;
+    let at = p.panel_offset(blk, col) + (pc - blk) / 2 * PAIRS_NR * 2;
+    Some(p.bf16_data.as_ptr().wrapping_add(at).cast())
+}
+
 /// The slices of a pre-packed B for block (jc, pc).
 fn prepacked_block(
     kind: KernelKind,
@@ -707,12 +726,26 @@ fn macro_kernel(
                 let ncur = nr.min(n_end - j0);
                 for (ir, i0) in (0..mcur).step_by(mr).enumerate() {
                     let mcur_r = mr.min(mcur - i0);
-                    // Pull the next panel of this task towards L1 while this one is in use.
+                    // Pull the next panel of this task towards L1 while this one is in use;
+                    // when the next panel is still to be widened from a new bf16 pair panel,
+                    // pull that pair panel's rows instead (kc × 64 bytes).
                     let prefetch = if panel + 1 < panels.1 {
-                        let next = if kind == KernelKind::Bf16Pairs {
-                            blk.bf16.wrapping_add((panel + 1) * panel_len).cast::<u8>()
-                        } else {
-                            blk.f32.wrapping_add((panel + 1) * panel_len).cast::<u8>()
+                        let pairs = match (blk.lazy, ic == rows.0) {
+                            (Some(l), true) => pair_rows_of(l, panel + 1, nr),
+                            _ => None,
+                        };
+                        let (next, lines, per_call) = match pairs {
+                            Some(rows_at) => (rows_at, kc, kc.div_ceil(n_ir)),
+                            None if kind == KernelKind::Bf16Pairs => (
+                                blk.bf16.wrapping_add((panel + 1) * panel_len).cast::<u8>(),
+                                lines,
+                                per_call,
+                            ),
+                            None => (
+                                blk.f32.wrapping_add((panel + 1) * panel_len).cast::<u8>(),
+                                lines,
+                                per_call,
+                            ),
                         };
                         Prefetch::new(
                             next,
