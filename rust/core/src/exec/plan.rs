@@ -461,11 +461,6 @@ impl Compiled {
         self.cache.profile.enabled.store(on, Ordering::Relaxed);
     }
 
-    /// Whether runs are being profiled.
-    pub fn profiling(&self) -> bool {
-        self.cache.profile.enabled.load(Ordering::Relaxed)
-    }
-
     /// Time spent in each node over the profiled runs so far, in graph order: nodes
     /// that never ran are left out. A node's time covers its kernel and the executor's
     /// work around it (output placement, shape check, freeing dead values).

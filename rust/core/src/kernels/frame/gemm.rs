@@ -573,83 +573,81 @@ fn widen_pairs_body(
     out: &mut [f32],
 ) {
     debug_assert!(PAIRS_NR.is_multiple_of(nr) && jc.is_multiple_of(nr));
-    let depth = p.kind.kc();
     let panel_len = nr * kc;
     for (o, i) in panels.enumerate() {
         let dst = &mut out[o * panel_len..(o + 1) * panel_len];
         let col0 = jc + i * nr;
         let cols = nr.min(jc + nc - col0);
-        let (src_panel, sub) = (col0 / PAIRS_NR, col0 % PAIRS_NR);
-        let mut r = 0;
-        while r < kc {
-            // Rows r.. of this block lie in depth block `blk` of the pairs, from row kk on.
-            let k = pc + r;
-            let blk = k / depth * depth;
-            let kk = k - blk;
-            let rows = (depth.min(p.k - blk) - kk).min(kc - r);
-            let base = p.panel_offset(blk, src_panel * PAIRS_NR);
-            let mut t = 0;
-            while t < rows {
-                // Pair row q / 2 holds rows q & !1 and q | 1, interleaved column by column:
-                // each (even, odd) pair of a column is one u32, even in the low half.
-                let q = kk + t;
-                let at = base + (q / 2) * PAIRS_NR * 2 + sub * 2;
-                let pairs = &p.bf16_data[at..at + 2 * cols];
-                // This panel reads one line of each 128-byte pair row (the next panel the
-                // other), a stride the hardware prefetcher followed too slowly (the loads
-                // stalled 80% of this loop on DRAM): fetch both lines of the pair row
-                // PAIR_ROWS_AHEAD on, for this panel and the next.
-                let ahead = p
-                    .bf16_data
-                    .as_ptr()
-                    .wrapping_add(base + (q / 2 + PAIR_ROWS_AHEAD) * PAIRS_NR * 2);
-                prefetch::line_at(ahead.cast());
-                prefetch::line_at(ahead.wrapping_add(PAIRS_NR).cast());
-                let both = q.is_multiple_of(2) && t + 1 < rows;
-                let (first, rest) = dst[(r + t) * nr..].split_at_mut(nr);
-                if both {
-                    let second = &mut rest[..nr];
-                    for ((e, o), c) in first
-                        .iter_mut()
-                        .zip(second.iter_mut())
-                        .zip(pairs.chunks_exact(2))
-                    {
-                        *e = f32::from_bits(u32::from(c[0]) << 16);
-                        *o = f32::from_bits(u32::from(c[1]) << 16);
-                    }
-                    first[cols..].fill(0.0);
-                    second[cols..].fill(0.0);
-                    t += 2;
-                } else {
-                    let half = q % 2;
-                    for (v, c) in first.iter_mut().zip(pairs.chunks_exact(2)) {
-                        *v = f32::from_bits(u32::from(c[half]) << 16);
-                    }
-                    first[cols..].fill(0.0);
-                    t += 1;
+        let sub = col0 % PAIRS_NR;
+        // Rows pc.. of the pair panel holding col0; the block's rows continue in the same
+        // pairs depth block (see `pair_row_at`), so pair row q / 2 is 128 bytes on per two.
+        let base = pair_row_at(p, pc, col0 - sub, kc);
+        let mut q = 0;
+        while q < kc {
+            // Pair row q / 2 holds rows q and q + 1 (q even), interleaved column by column:
+            // each (even, odd) pair of a column is one u32, even in the low half.
+            let row_at = base + (q / 2) * PAIRS_NR * 2;
+            let pairs = &p.bf16_data[row_at + sub * 2..row_at + sub * 2 + 2 * cols];
+            // This panel reads one line of each 128-byte pair row (the next panel the
+            // other), a stride the hardware prefetcher followed too slowly (the loads
+            // stalled 80% of this loop on DRAM): fetch both lines of the pair row
+            // PAIR_ROWS_AHEAD on, for this panel and the next.
+            let ahead = p
+                .bf16_data
+                .as_ptr()
+                .wrapping_add(row_at + PAIR_ROWS_AHEAD * PAIRS_NR * 2);
+            prefetch::line_at(ahead.cast());
+            prefetch::line_at(ahead.wrapping_add(PAIRS_NR).cast());
+            let (first, rest) = dst[q * nr..].split_at_mut(nr);
+            if q + 1 < kc {
+                let second = &mut rest[..nr];
+                for ((e, o), c) in first
+                    .iter_mut()
+                    .zip(second.iter_mut())
+                    .zip(pairs.chunks_exact(2))
+                {
+                    *e = f32::from_bits(u32::from(c[0]) << 16);
+                    *o = f32::from_bits(u32::from(c[1]) << 16);
                 }
+                first[cols..].fill(0.0);
+                second[cols..].fill(0.0);
+            } else {
+                for (v, c) in first.iter_mut().zip(pairs.chunks_exact(2)) {
+                    *v = f32::from_bits(u32::from(c[0]) << 16);
+                }
+                first[cols..].fill(0.0);
             }
-            r += rows;
+            q += 2;
         }
     }
 }
 
-/// Where the bf16 pair rows that output panel `panel` of a lazily widened block starts a
-/// new pair panel with begin (kc × 64 contiguous bytes: the block's depth lies inside one
-/// depth block of the pairs); None for other sources and for panels that share the
-/// previous panel's pair panel (its rows are being read already).
+/// Offset in `p.bf16_data` of the pair row holding row `k` (even) of the pair panel that
+/// starts at column `col` (a multiple of [`PAIRS_NR`]); rows `k..k + rows` follow it,
+/// 128 bytes per two rows. They must lie in one pairs depth block: GEMM depth blocks
+/// (KC or KC_AVX512 rows, starting at multiples of them) do, as both divide KC_AVX512.
+fn pair_row_at(p: &PackedB, k: usize, col: usize, rows: usize) -> usize {
+    const _: () = assert!(KC_AVX512.is_multiple_of(KC));
+    let depth = p.kind.kc();
+    let blk = k / depth * depth;
+    debug_assert!(k.is_multiple_of(2) && k + rows <= blk + depth);
+    p.panel_offset(blk, col) + (k - blk) / 2 * PAIRS_NR * 2
+}
+
+/// Where the bf16 pair rows that output panel `panel` of a lazily widened block reads
+/// begin, when it starts a new pair panel (kc × 64 contiguous bytes); None for other
+/// sources and for panels that share the previous panel's pair panel (its rows are
+/// being read already).
 fn pair_rows_of(l: LazyPack<'_>, panel: usize, nr: usize) -> Option<*const u8> {
     let BSource::Pairs(p) = l.b else {
         return None;
     };
-    let (jc, pc, _, _) = l.block;
+    let (jc, pc, kc, _) = l.block;
     let col = jc + panel * nr;
     if !col.is_multiple_of(PAIRS_NR) {
         return None;
     }
-    let depth = p.kind.kc();
-    let blk = pc / depth * depth;
-    let at = p.panel_offset(blk, col) + (pc - blk) / 2 * PAIRS_NR * 2;
+    let at = pair_row_at(p, pc, col, kc);
     Some(p.bf16_data.as_ptr().wrapping_add(at).cast())
 }
 
@@ -737,12 +735,12 @@ fn macro_kernel(
                         let (next, lines, per_call) = match pairs {
                             Some(rows_at) => (rows_at, kc, kc.div_ceil(n_ir)),
                             None if kind == KernelKind::Bf16Pairs => (
-                                blk.bf16.wrapping_add((panel + 1) * panel_len).cast::<u8>(),
+                                blk.bf16.wrapping_add((panel + 1) * panel_len).cast(),
                                 lines,
                                 per_call,
                             ),
                             None => (
-                                blk.f32.wrapping_add((panel + 1) * panel_len).cast::<u8>(),
+                                blk.f32.wrapping_add((panel + 1) * panel_len).cast(),
                                 lines,
                                 per_call,
                             ),

@@ -29,13 +29,7 @@ impl Prefetch {
     #[inline(always)]
     pub fn line(&self, step: usize) {
         if step < self.lines {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: prefetch is a hint that never faults, whatever the address.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    self.start.wrapping_add(step * 64).cast(),
-                )
-            };
+            line_at(self.start.wrapping_add(step * 64));
         }
     }
 }
@@ -51,18 +45,11 @@ pub const STREAM_AHEAD: usize = 2048;
 /// that will get there (it never faults, whatever the address).
 #[inline(always)]
 pub fn stream_ahead(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            at.wrapping_add(STREAM_AHEAD).cast(),
-        )
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
+    line_at(at.wrapping_add(STREAM_AHEAD));
 }
 
-/// Prefetches the line holding `at` (a hint that never faults, whatever the address).
+/// Prefetches the line holding `at` into L1 (a hint that never faults, whatever the
+/// address; nothing off x86). Every prefetch of the kernels goes through here.
 #[inline(always)]
 pub fn line_at(at: *const u8) {
     #[cfg(target_arch = "x86_64")]

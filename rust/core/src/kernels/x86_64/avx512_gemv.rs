@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::frame::prefetch::stream_ahead;
+use crate::kernels::frame::prefetch::{line_at, stream_ahead};
 
 /// What a small-M kernel reads and writes: A (m × k, row-major, lda = k), B or the
 /// weights at `b` with `ldb` elements between rows (of B, or of W for the N × K form),
@@ -100,8 +100,8 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
             // B in L3, alternating in one process: 1x768x3072 47-48 vs 39-40 GFLOP/s,
             // 1x576x1536 48-50 vs 39-40; two threads 88 vs 72 and 76 vs 63.)
             for row in rows {
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(j + KN_AHEAD).cast());
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(j + KN_AHEAD + 16).cast());
+                line_at(row.wrapping_add(j + KN_AHEAD).cast());
+                line_at(row.wrapping_add(j + KN_AHEAD + 16).cast());
             }
             if m == 1 {
                 // Decode: the KB coefficients stay in registers for the whole sweep.
