@@ -374,8 +374,8 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
 #[cfg(target_arch = "x86_64")]
 fn k_split_kn_f32(job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
     use crate::kernels::frame::threads::SendPtr;
-    use crate::kernels::x86_64::avx512_gemv::{avx512_gemv_kn_f32, StreamArgs};
-    let part = job.k.div_ceil(threads).next_multiple_of(4);
+    use crate::kernels::x86_64::avx512_gemv::{avx512_gemv_kn_f32, StreamArgs, KN_ROWS};
+    let part = job.k.div_ceil(threads).next_multiple_of(KN_ROWS);
     let parts = job.k.div_ceil(part);
     let mut partial = vec![0f32; (parts - 1) * n];
     let (partial_rows, c_row) = (SendPtr(partial.as_mut_ptr()), SendPtr(job.out.base()));

@@ -1,9 +1,8 @@
 //! AVX-512 small-M GEMM (M ≤ 8 rows: the memory-bound decode case), one kernel per
 //! layout of B, each reading B exactly once:
-//! - `avx512_gemv_kn_f32`: row-major f32 B (numpy's `x @ W`). Four rows of B are
-//!   consumed per sweep across a column range, accumulating into C (kept in L1/L2),
-//!   so B is read as four sequential streams. (Measured on Zen 5 over eight placements
-//!   of B: 4 rows give a median of 58 GFLOP/s at 1×576×1536, 8 rows 56, 16 rows 50.)
+//! - `avx512_gemv_kn_f32`: row-major f32 B (numpy's `x @ W`). [`KN_ROWS`] rows of B
+//!   are consumed per sweep across a column range, accumulating into C (kept in L1/L2),
+//!   so B is read as eight sequential streams.
 //! - `avx512_gemv_packed`: pre-packed f32 or bf16 panels (a model's weights), read in
 //!   storage order with software prefetch ahead of the stream.
 //! - `avx512_gemv_nk`: weights as stored by Hugging Face (N × K, f32 or bf16): dot
@@ -43,6 +42,14 @@ macro_rules! by_rows {
     };
 }
 
+/// Rows of B that `avx512_gemv_kn_f32` reads per sweep. Eight, with each stream
+/// prefetched 512 bytes ahead, against the four rows 1 KiB ahead before (Zen 5, B in L3,
+/// alternating in one process, GFLOP/s): 1 thread 1x768x3072 53.5-54.1 vs 49.4-49.5,
+/// 1x576x1536 52.4-54.0 vs 51.6-52.2, 8x576x1536 185-187 vs 155-156; 2 threads
+/// 1x768x3072 92 vs 83-84, 3x768x3072 173-174 vs 128-133, 8x576x1536 215-218 vs 148-151,
+/// 1x576x1536 level (78-80). 16 or 12 rows spill registers (37-44 at 1x768x3072).
+pub const KN_ROWS: usize = 8;
+
 /// C[0..m, n0..n1] = A · B[0..k, n0..n1] for row-major f32 B.
 ///
 /// # Safety
@@ -62,9 +69,9 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
     } = *args;
     let b = args.b.cast::<f32>();
     const W: usize = 32;
-    const KB: usize = 4;
-    /// Floats ahead of each row stream that the loop prefetches (1 KiB).
-    const KN_AHEAD: usize = 256;
+    const KB: usize = KN_ROWS;
+    /// Floats ahead of each row stream that the loop prefetches (512 bytes).
+    const KN_AHEAD: usize = 128;
     let full_end = n0 + (n1 - n0) / W * W;
     for r in 0..m {
         // SAFETY: row r, columns n0..n1 of C are writable.
@@ -96,9 +103,10 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
                 };
             }
             // The KB row streams (each read 128 bytes at a time) run ahead of the hardware
-            // prefetcher: fetch both lines of each row KN_AHEAD floats on. (Zen 5, one thread,
-            // B in L3, alternating in one process: 1x768x3072 47-48 vs 39-40 GFLOP/s,
-            // 1x576x1536 48-50 vs 39-40; two threads 88 vs 72 and 76 vs 63.)
+            // prefetcher: fetch both lines of each row KN_AHEAD floats on. (With four rows
+            // 1 KiB ahead, against none; Zen 5, one thread, B in L3, alternating in one
+            // process: 1x768x3072 47-48 vs 39-40 GFLOP/s, 1x576x1536 48-50 vs 39-40; two
+            // threads 88 vs 72 and 76 vs 63.)
             for row in rows {
                 line_at(row.wrapping_add(j + KN_AHEAD).cast());
                 line_at(row.wrapping_add(j + KN_AHEAD + 16).cast());
