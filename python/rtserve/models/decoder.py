@@ -392,12 +392,11 @@ class DecoderModel:
             feed[f"past_k{i}"] = k[i]
             feed[f"past_v{i}"] = v[i]
         out = self.decode.run(feed)
-        new_k = np.stack([out[f"k{i}"].numpy()[:, 0] for i in range(c.num_layers)])  # [layers, b, kvh, hd]
-        new_v = np.stack([out[f"v{i}"].numpy()[:, 0] for i in range(c.num_layers)])
+        new_k, new_v = out["k"].numpy(), out["v"].numpy()  # [b, layers, kvh, hd]
         for b, cache in enumerate(caches):
             n = cache.length  # type: ignore[union-attr]
-            cache.k[:, :, n] = new_k[:, b]  # type: ignore[union-attr]
-            cache.v[:, :, n] = new_v[:, b]  # type: ignore[union-attr]
+            cache.k[:, :, n] = new_k[b]  # type: ignore[union-attr]
+            cache.v[:, :, n] = new_v[b]  # type: ignore[union-attr]
             cache.length = n + 1  # type: ignore[union-attr]
         return out["logits"].numpy()[:, 0]
 

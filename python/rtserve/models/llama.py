@@ -17,9 +17,9 @@
   has an input ``new_slot`` int64 ``[batch, ctx]`` (1 at the slot where the new token
   goes), ``kv_mask`` also marks that slot, and the new key is placed with
   ``where(new_slot, k_new, past_k)`` (the graph compiler cannot concatenate along a
-  symbolic dim). Outputs ``logits`` ``[batch, 1, vocab]`` and the new token's
-  ``k{L}`` / ``v{L}`` ``[batch, 1, kv_heads, head_dim]``, which the caller appends to the
-  cache.
+  symbolic dim). Outputs ``logits`` ``[batch, 1, vocab]`` and the new token's keys and
+  values of every layer, ``k`` / ``v`` ``[batch, layers, kv_heads, head_dim]``, which the
+  caller appends to the cache.
 
 Each layer is Hugging Face's ``LlamaDecoderLayer``: RMSNorm, Q/K/V projections (bias for
 Qwen2 or ``attention_bias``), rope, grouped-query attention, output projection + residual,
@@ -355,17 +355,22 @@ def build_decode_graph(config: LlamaConfig, tensors: dict[str, Tensor], append: 
         slot = g.reshape(g.cast(new_slot, "bool"), ("batch", "ctx", 1, 1))
     cache_shape = ("batch", "ctx", c.num_kv_heads, c.head_dim)
     h = L.embed(ids)
+    new_k, new_v = [], []
     for i in range(c.num_layers):
         past_k = g.input(f"past_k{i}", cache_shape, "f32")
         past_v = g.input(f"past_v{i}", cache_shape, "f32")
         q, k, v = L.qkv(L.input_norm(h, i), i, positions, 1)
-        g.output(f"k{i}", k)
-        g.output(f"v{i}", v)
+        new_k.append(k)
+        new_v.append(v)
         if slot is None:
             ctx = g.attention(q, past_k, past_v, key_padding_mask=kv_mask, k_append=k, v_append=v)
         else:
             ctx = g.attention(q, g.where(slot, k, past_k), g.where(slot, v, past_v), key_padding_mask=kv_mask)
         h = L.finish_layer(h, ctx, i, 1)
+    # One output for all layers' new keys (and one for values): handing 2 × layers small
+    # outputs to Python and stacking them took 0.22 ms of a 7 ms SmolLM2-shape step.
+    g.output("k", g.concat(new_k, axis=1))
+    g.output("v", g.concat(new_v, axis=1))
     g.output("logits", L.logits(h))
     return g
 
