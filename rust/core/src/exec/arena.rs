@@ -34,6 +34,8 @@ pub const MAX_PLANS: usize = 64;
 pub struct RunPlan {
     pub memory: MemoryPlan,
     pub bytes: Vec<usize>,
+    /// Each value's shape under the plan's symbol bindings (resolved once, not per run).
+    pub shapes: Vec<Vec<usize>>,
 }
 
 /// Counters over the runs of one program (for tests and `memory_stats`).

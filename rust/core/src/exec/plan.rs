@@ -417,7 +417,7 @@ impl Compiled {
                     }
                 }
             };
-            let want = resolve_all(&node.out.dims, bindings)?;
+            let want = &plan.shapes[id];
             if out.shape() != want.as_slice() || out.dtype() != node.out.dtype {
                 return Err(Error::Internal(format!(
                     "node %{id} ({}) produced {} {:?}, but its type is {} = {want:?}",
@@ -546,6 +546,7 @@ impl Compiled {
         const OP: &str = "memory_plan";
         let mut values = Vec::with_capacity(self.nodes.len());
         let mut bytes_of = Vec::with_capacity(self.nodes.len());
+        let mut shapes = Vec::with_capacity(self.nodes.len());
         let mut steps = Vec::new();
         let root_is_output: Vec<bool> = {
             let mut v = vec![false; self.nodes.len()];
@@ -570,6 +571,7 @@ impl Compiled {
                 ValueKind::Intermediate
             };
             bytes_of.push(bytes);
+            shapes.push(shape);
             values.push(ValueInfo { bytes, kind });
             if self.needed[id] && !node.op.is_external() && !view {
                 steps.push(Step {
@@ -582,6 +584,7 @@ impl Compiled {
         Ok(RunPlan {
             memory: plan(&steps, &values)?,
             bytes: bytes_of,
+            shapes,
         })
     }
 
