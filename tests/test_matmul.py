@@ -273,3 +273,22 @@ def test_prepacked_small_m_split_across_threads(isa, m, n):
     ref_b = x.astype(np.float64) @ wb.astype(np.float64).T
     got_b = rt.linear(x, rt.prepack(rt.tensor(wb))).numpy()
     np.testing.assert_allclose(got_b, ref_b, rtol=1e-3, atol=1e-3 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_prepacked_weights_larger_than_the_cache(m):
+    """Pre-packed weights past the last-level cache (here 40 MiB f32 alive at once) are
+    streamed with a non-temporal prefetch hint by the small-M kernels; hints never change
+    results, at any M the small-M path takes, f32 and bf16."""
+    rng = np.random.default_rng(m)
+    k, n = 1024, 10240
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    packed = rt.prepack(w)
+    assert packed.nbytes >= 40 << 20
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert np.all(np.abs(rt.linear(x, packed).numpy() - ref) <= f32_tol(x, w.T))
+    wb = w[:4096].astype(ml_dtypes.bfloat16)
+    ref_b = x.astype(np.float64) @ wb.astype(np.float64).T
+    got_b = rt.linear(x, rt.prepack(rt.tensor(wb))).numpy()
+    np.testing.assert_allclose(got_b, ref_b, rtol=1e-3, atol=1e-3 * np.sqrt(k))

@@ -308,6 +308,7 @@ fn run(isa: Isa, job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
 /// false where there is none (then the portable body runs).
 #[cfg(target_arch = "x86_64")]
 fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> bool {
+    use crate::kernels::frame::gemm::weights_outgrow_cache;
     use crate::kernels::x86_64::avx512_gemv::{
         avx512_gemv_kn_f32, avx512_gemv_nk, avx512_gemv_packed, NkElem, PanelKind, StreamArgs,
         PACKED_NR,
@@ -351,6 +352,7 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
             if p.kind.mr_nr().1 != PACKED_NR {
                 return false;
             }
+            let once = weights_outgrow_cache();
             for pc in (0..job.k).step_by(p.kind.kc()) {
                 let kc = p.kind.kc().min(job.k - pc);
                 let at = p.panel_offset(pc, j0 * PACKED_NR);
@@ -358,7 +360,9 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
                 block.a = job.a[pc..].as_ptr();
                 let panel_bytes = PACKED_NR * p.kind.b_units(kc) * elem;
                 // SAFETY: as above; panels j0..j1 of depth block pc start at `at`.
-                unsafe { avx512_gemv_packed(kind, &block, kc, panel_bytes, j0, j1, p.n, pc > 0) };
+                unsafe {
+                    avx512_gemv_packed(kind, &block, kc, panel_bytes, j0, j1, p.n, pc > 0, once)
+                };
             }
         }
         _ => return false,

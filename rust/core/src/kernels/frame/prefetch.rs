@@ -48,8 +48,24 @@ pub fn stream_ahead(at: *const u8) {
     line_at(at.wrapping_add(STREAM_AHEAD));
 }
 
+/// [`stream_ahead`] for data read once and not again before much more has streamed past
+/// (weights larger than the last-level cache): a non-temporal hint, so the stream does
+/// not push everything else out of L2 and L3. See [`crate::kernels::frame::gemm::weights_outgrow_cache`].
+#[inline(always)]
+pub fn stream_ahead_once(at: *const u8) {
+    let at = at.wrapping_add(STREAM_AHEAD);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint that never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_NTA }>(at.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// Prefetches the line holding `at` into L1 (a hint that never faults, whatever the
-/// address; nothing off x86). Every prefetch of the kernels goes through here.
+/// address; nothing off x86). Every prefetch of the kernels goes through here, except
+/// the non-temporal one of [`stream_ahead_once`].
 #[inline(always)]
 pub fn line_at(at: *const u8) {
     #[cfg(target_arch = "x86_64")]

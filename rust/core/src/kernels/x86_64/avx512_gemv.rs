@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::frame::prefetch::{line_at, stream_ahead};
+use crate::kernels::frame::prefetch::{line_at, stream_ahead, stream_ahead_once};
 
 /// What a small-M kernel reads and writes: A (m × k, row-major, lda = k), B or the
 /// weights at `b` with `ldb` elements between rows (of B, or of W for the N × K form),
@@ -167,10 +167,15 @@ pub const PACKED_NR: usize = 32;
 /// Prefetches the `lines` cache lines of the panel stream at `data + at`,
 /// `STREAM_AHEAD` bytes ahead. The panels a task reads are contiguous, so this runs into
 /// the next panel; a core then keeps enough lines in flight to stream at DRAM speed.
+/// With `once`, the hint is non-temporal (weights that outgrow the caches).
 #[inline(always)]
-fn stream_lines(data: *const u8, at: usize, lines: usize) {
+fn stream_lines(data: *const u8, at: usize, lines: usize, once: bool) {
     for l in 0..lines {
-        stream_ahead(data.wrapping_add(at + 64 * l));
+        if once {
+            stream_ahead_once(data.wrapping_add(at + 64 * l));
+        } else {
+            stream_ahead(data.wrapping_add(at + 64 * l));
+        }
     }
 }
 
@@ -187,7 +192,8 @@ pub enum PanelKind {
 /// C, else overwrite). `stream.a` points at A's column pc (rows `stream.k` floats apart),
 /// `stream.b` at panel `panel_lo` of the block; panels are `panel_bytes` apart, hold
 /// f32 or bf16 pairs per `kind`, and cover C columns from `panel_lo * 32`; `n` bounds
-/// the valid columns (the last panel may be partial).
+/// the valid columns (the last panel may be partial). `once`: prefetch the panels with
+/// a non-temporal hint (weights larger than the caches, read once per step).
 ///
 /// # Safety
 /// The CPU supports AVX-512F + FMA; A's m rows hold kc floats from `stream.a`; panels
@@ -204,6 +210,7 @@ pub unsafe fn avx512_gemv_packed(
     panel_hi: usize,
     n: usize,
     accumulate: bool,
+    once: bool,
 ) {
     let args = PackedArgs {
         kind,
@@ -216,6 +223,7 @@ pub unsafe fn avx512_gemv_packed(
         c: stream.c,
         ldc: stream.ldc,
         accumulate,
+        once,
     };
     // SAFETY: forwarded from the caller's contract.
     unsafe { by_rows!(stream.m, packed, &args, panel_lo, panel_hi) }
@@ -245,6 +253,8 @@ struct PackedArgs {
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    /// Read the panels with a non-temporal hint (see `stream_lines`).
+    once: bool,
 }
 
 /// The two 16-column halves of one k-step (f32) or k-pair (bf16: even k, odd k).
@@ -301,7 +311,7 @@ unsafe fn packed_m1(args: &PackedArgs, panel_lo: usize, panel_hi: usize) {
                     let d = data.cast::<f32>();
                     let mut q = 0;
                     while q + 2 <= kc {
-                        stream_lines(data, q * 128, 4); // the two k-steps q, q + 1
+                        stream_lines(data, q * 128, 4, args.once); // the two k-steps q, q + 1
                         let a0 = _mm512_set1_ps(*args.a.add(q));
                         let a1 = _mm512_set1_ps(*args.a.add(q + 1));
                         s0[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(d.add(q * 32)), s0[0]);
@@ -320,7 +330,7 @@ unsafe fn packed_m1(args: &PackedArgs, panel_lo: usize, panel_hi: usize) {
                     let d = data.cast::<__m512i>();
                     let pairs = kc.div_ceil(2);
                     for q in 0..pairs {
-                        stream_lines(data, q * 128, 2);
+                        stream_lines(data, q * 128, 2, args.once);
                         let a0 = _mm512_set1_ps(*args.a.add(2 * q));
                         let a1 = _mm512_set1_ps(if 2 * q + 1 < kc {
                             *args.a.add(2 * q + 1)
@@ -355,7 +365,7 @@ unsafe fn packed_rows<const M: usize>(args: &PackedArgs, panel_lo: usize, panel_
                 PanelKind::F32 => {
                     let d = data.cast::<f32>();
                     for q in 0..kc {
-                        stream_lines(data, q * 128, 2);
+                        stream_lines(data, q * 128, 2, args.once);
                         let b0 = _mm512_loadu_ps(d.add(q * 32));
                         let b1 = _mm512_loadu_ps(d.add(q * 32 + 16));
                         for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -368,7 +378,7 @@ unsafe fn packed_rows<const M: usize>(args: &PackedArgs, panel_lo: usize, panel_
                 PanelKind::Bf16Pairs => {
                     let d = data.cast::<__m512i>();
                     for q in 0..kc.div_ceil(2) {
-                        stream_lines(data, q * 128, 2);
+                        stream_lines(data, q * 128, 2, args.once);
                         let (e0, o0) = bf16_halves(_mm512_loadu_si512(d.add(2 * q)));
                         let (e1, o1) = bf16_halves(_mm512_loadu_si512(d.add(2 * q + 1)));
                         let odd_k = 2 * q + 1 < kc;
