@@ -12,7 +12,7 @@ use half::bf16;
 use crate::error::{Error, Result};
 use crate::kernels::dispatch::{isa, Isa};
 use crate::kernels::frame::epilogue::{apply_tile, Epilogue};
-use crate::kernels::frame::gemm::{BSource, COut, KernelKind, PackedB};
+use crate::kernels::frame::gemm::{weights_outgrow_cache, BSource, COut, KernelKind, PackedB};
 use crate::kernels::frame::pack::{MatRef, WeightElement};
 use crate::kernels::frame::prefetch;
 use crate::kernels::frame::threads::{num_threads, parallel_for};
@@ -27,6 +27,8 @@ struct Job<'a> {
     k: usize,
     a: &'a [f32],
     out: COut,
+    /// Stream pre-packed weights with a non-temporal hint (`gemm::weights_outgrow_cache`).
+    once: bool,
 }
 
 /// Rows of B consumed per sweep over the columns: that many sequential streams.
@@ -176,6 +178,14 @@ fn packed_f32<const M: usize, const NR: usize>(
             let mut acc = [[0f32; NR]; M];
             for q in 0..kc {
                 let bv = &data[q * NR..q * NR + NR];
+                // The panels of a task lie end to end: keep the stream's lines coming
+                // (the hardware prefetcher alone left a core well short of DRAM speed).
+                for line in 0..(NR * 4).div_ceil(64) {
+                    prefetch::stream_ahead_as(
+                        bv.as_ptr().cast::<u8>().wrapping_add(64 * line),
+                        job.once,
+                    );
+                }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let av = job.a[r * job.k + pc + q];
                     for l in 0..NR {
@@ -207,6 +217,12 @@ fn packed_bf16<const M: usize, const NR: usize>(
             let mut acc = [[0f32; NR]; M];
             for q in 0..kp {
                 let pair = &data[q * NR * 2..(q + 1) * NR * 2];
+                for line in 0..(NR * 4).div_ceil(64) {
+                    prefetch::stream_ahead_as(
+                        pair.as_ptr().cast::<u8>().wrapping_add(64 * line),
+                        job.once,
+                    );
+                }
                 let mut b0 = [0f32; NR];
                 let mut b1 = [0f32; NR];
                 // bf16 -> f32 is the bits shifted into the high half (exact, NaN kept):
@@ -308,7 +324,6 @@ fn run(isa: Isa, job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
 /// false where there is none (then the portable body runs).
 #[cfg(target_arch = "x86_64")]
 fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> bool {
-    use crate::kernels::frame::gemm::weights_outgrow_cache;
     use crate::kernels::x86_64::avx512_gemv::{
         avx512_gemv_kn_f32, avx512_gemv_nk, avx512_gemv_packed, NkElem, PanelKind, StreamArgs,
         PACKED_NR,
@@ -352,7 +367,7 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
             if p.kind.mr_nr().1 != PACKED_NR {
                 return false;
             }
-            let once = weights_outgrow_cache();
+            let once = job.once;
             for pc in (0..job.k).step_by(p.kind.kc()) {
                 let kc = p.kind.kc().min(job.k - pc);
                 let at = p.panel_offset(pc, j0 * PACKED_NR);
@@ -490,6 +505,7 @@ pub(crate) fn gemv_with(
             ptr: c.as_mut_ptr(),
             ldc,
         },
+        once: matches!(form, Form::Packed(_)) && weights_outgrow_cache(),
     };
     // Split columns (or packed panels) across threads in chunks that keep SIMD strips whole.
     let (units, unit_cols) = match form {

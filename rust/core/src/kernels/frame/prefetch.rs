@@ -48,6 +48,16 @@ pub fn stream_ahead(at: *const u8) {
     line_at(at.wrapping_add(STREAM_AHEAD));
 }
 
+/// [`stream_ahead`], or [`stream_ahead_once`] when `once`.
+#[inline(always)]
+pub fn stream_ahead_as(at: *const u8, once: bool) {
+    if once {
+        stream_ahead_once(at);
+    } else {
+        stream_ahead(at);
+    }
+}
+
 /// [`stream_ahead`] for data read once and not again before much more has streamed past
 /// (weights larger than the last-level cache): a non-temporal hint, so the stream does
 /// not push everything else out of L2 and L3. See [`crate::kernels::frame::gemm::weights_outgrow_cache`].

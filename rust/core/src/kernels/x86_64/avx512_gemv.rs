@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::frame::prefetch::{line_at, stream_ahead, stream_ahead_once};
+use crate::kernels::frame::prefetch::{line_at, stream_ahead_as};
 
 /// What a small-M kernel reads and writes: A (m × k, row-major, lda = k), B or the
 /// weights at `b` with `ldb` elements between rows (of B, or of W for the N × K form),
@@ -171,11 +171,7 @@ pub const PACKED_NR: usize = 32;
 #[inline(always)]
 fn stream_lines(data: *const u8, at: usize, lines: usize, once: bool) {
     for l in 0..lines {
-        if once {
-            stream_ahead_once(data.wrapping_add(at + 64 * l));
-        } else {
-            stream_ahead(data.wrapping_add(at + 64 * l));
-        }
+        stream_ahead_as(data.wrapping_add(at + 64 * l), once);
     }
 }
 
