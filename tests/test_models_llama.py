@@ -416,6 +416,42 @@ def test_incremental_detokenization_of_multibyte_characters(model: rt.DecoderMod
     assert "".join(pieces) == text == seq.text
 
 
+def metaspace_tokenizer() -> rt.Tokenizer:
+    """A SentencePiece-style tokenizer (Llama 2, TinyLlama): "▁" for spaces, byte fallback,
+    and a decoder that strips the leading space of the whole text, which a window decoded
+    alone would strip wrongly."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    bytes_ = {f"<0x{b:02X}>": b for b in range(256)}
+    pieces = ["<unk>", "<s>", "</s>", *bytes_, "▁", "a", "b", "é", "▁a", "▁b", "ab", "▁ab", "▁é"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = [("▁", "a"), ("▁", "b"), ("a", "b"), ("▁a", "b"), ("▁", "é")]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")  # type: ignore[arg-type]
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.add_special_tokens(["<s>", "</s>"])
+    return rt.Tokenizer(tok, Path("metaspace"))
+
+
+@pytest.mark.parametrize("name", ["tiny_llama_gqa_tied", "tiny_qwen2", "metaspace"])
+def test_incremental_detokenization_equals_decoding_every_id(name: str) -> None:
+    """At every step the text a sequence decodes incrementally (a short window past what has
+    settled) is what decoding all its ids gives: random ids (bytes of partial characters
+    and special tokens among them) and real multilingual text."""
+    tok = metaspace_tokenizer() if name == "metaspace" else rt.Tokenizer.from_folder(FIXTURES / name)
+    rng = np.random.default_rng(len(name))
+    texts = ["Ça va? 我爱 🍕👍🏽 done", "  two  spaces, é é", "ab ab aé"]
+    cases = [tok.encode_ids(t, add_special_tokens=False) for t in texts]
+    cases += [[int(i) for i in rng.integers(0, tok.vocab_size, size=300)] for _ in range(4)]
+    for ids in cases:
+        seq = Sequence([0], SamplingParams(), max_tokens=10_000, stop=(), stop_ids=frozenset(), limit=10_000)
+        for n in range(1, len(ids) + 1):
+            assert seq._decoded(ids[:n], tok) == tok.decode(ids[:n]), (name, ids[:n])
+
+
 def test_stop_strings_cut_the_text(model: rt.DecoderModel) -> None:
     tok = model.tokenizer
     ids = tok.encode_ids("Hello there, how are you today?", add_special_tokens=False)

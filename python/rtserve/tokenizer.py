@@ -58,6 +58,7 @@ class Tokenizer:
         self._lock = threading.Lock()
         self.path = path
         self.pad_id = _pad_id(inner)
+        self._byte_ids: frozenset[int] | None = None
         # tokenizers >= 0.21 can skip the character offsets, which nothing here reads: the
         # same ids, 20-30% less time per text (MiniLM's tokenizer, one thread: 16.5 vs
         # 12.0 us for a 12-token sentence).
@@ -130,6 +131,17 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of ``ids``; bytes of an incomplete UTF-8 character decode to U+FFFD."""
         return str(self._inner.decode(list(ids), skip_special_tokens=skip_special_tokens))  # type: ignore[attr-defined]
+
+    @property
+    def byte_token_ids(self) -> frozenset[int]:
+        """Ids of byte-fallback tokens (``<0x41>``...): a run of them decodes as one byte
+        string, so a later byte can change how the earlier ones of its run decode."""
+        found = self._byte_ids
+        if found is None:
+            vocab = self._inner.get_vocab(with_added_tokens=False)  # type: ignore[attr-defined]
+            found = frozenset(i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">"))
+            self._byte_ids = found
+        return found
 
     def token_to_id(self, token: str) -> int | None:
         """The id of a token of the vocabulary (added tokens included), or None."""

@@ -41,6 +41,10 @@ __all__ = ["DecoderModel", "Generation", "Sequence", "StepOutput", "TextStream"]
 #: graph sees few distinct shapes (each new shape costs a memory plan) and a lone sequence's
 #: cache can be passed without a copy; the extra slots are masked out.
 CTX_BUCKET = 32
+#: ids before the unsettled ones that incremental detokenization decodes again, so that
+#: decoders that look at neighbours (a leading space stripped at the start, byte fallback)
+#: see the same context as in a whole decode
+DETOKENIZE_CONTEXT = 4
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,12 @@ class Sequence:
         self._rng = params.rng()
         self._emitted = ""  # text handed out so far
         self._final: str | None = None
+        # Incremental detokenization (see _decoded): the first `_settled` generated ids
+        # decode to `_settled_text`; ids `_window:_settled` decode to `_head`.
+        self._settled = 0
+        self._settled_text = ""
+        self._window = 0
+        self._head = ""
 
     @property
     def finished(self) -> bool:
@@ -138,7 +148,7 @@ class Sequence:
         if token in self.stop_ids:
             self.finish_reason = "stop"
             text_ids = self.token_ids[:-1]
-        full = tokenizer.decode(text_ids, skip_special_tokens=True)
+        full = self._decoded(text_ids, tokenizer)
         end = len(full)
         if self.stop:
             start = max(0, len(self._emitted) - max(len(s) for s in self.stop))
@@ -155,6 +165,27 @@ class Sequence:
         if self.finish_reason is not None:
             self._final = self._emitted
         return StepOutput(self, token, piece, self.finish_reason)
+
+    def _decoded(self, ids: list[int], tokenizer: Tokenizer) -> str:
+        """``tokenizer.decode(ids, skip_special_tokens=True)``, where ``ids`` extend the ids of
+        the previous call (or repeat them): the text of ids settled by earlier calls is kept,
+        and only a window from DETOKENIZE_CONTEXT ids before the unsettled ones is decoded
+        again, so a step costs the same at token 20 as at token 20,000 (decoding every id
+        each step took 8 µs at 100 tokens and 128 µs at 2000, per sequence). Ids settle
+        once their text ends in a whole character (no U+FFFD of a partial UTF-8 sequence)
+        and the last id is no byte-fallback token (a run of those decodes as one byte
+        string: the next byte may change it); a decoder whose text does not extend the
+        window's (none seen) is decoded whole."""
+        text = tokenizer.decode(ids[self._window :], skip_special_tokens=True)
+        if text.startswith(self._head):
+            full = self._settled_text + text[len(self._head) :]
+        else:
+            full = tokenizer.decode(ids, skip_special_tokens=True)
+        if not full.endswith("\ufffd") and not (ids and ids[-1] in tokenizer.byte_token_ids):
+            self._settled, self._settled_text = len(ids), full
+            self._window = max(0, len(ids) - DETOKENIZE_CONTEXT)
+            self._head = tokenizer.decode(ids[self._window :], skip_special_tokens=True)
+        return full
 
     def _pending_slot(self) -> int:
         """The cache slot the latest token will take when the next step decodes it."""
