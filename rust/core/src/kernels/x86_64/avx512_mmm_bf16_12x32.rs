@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::frame::prefetch::Prefetch;
+use crate::kernels::x86_64::avx512_mmm_f32_12x32::C_AHEAD;
 
 pub const MR: usize = 12;
 pub const NR: usize = 32;
@@ -25,29 +26,38 @@ pub unsafe fn avx512_mmm_bf16_12x32(
     prefetch: Prefetch,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    // Start pulling the C tile in now (it is written at the end): C of a large
-    // GEMM lives in L3 or DRAM, and the demand misses would stall the stores.
+    let (mut a, mut b) = (a, b);
+    macro_rules! k_pair {
+        ($step:expr) => {
+            prefetch.line($step);
+            // SAFETY: a and b advance by one k-pair within the packed panels.
+            unsafe {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(32).cast()));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i) as i32));
+                    row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                    row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+                }
+                a = a.add(MR);
+                b = b.add(NR * 2);
+            }
+        };
+    }
+    // The C tile is pulled in C_AHEAD pairs before the end, where it is written (see the
+    // f32 kernel's C_AHEAD).
+    let c_at = kp.saturating_sub(C_AHEAD);
+    for step in 0..c_at {
+        k_pair!(step);
+    }
     for i in 0..MR {
         let row = c.wrapping_add(i * ldc);
         // A prefetch is a hint: it never faults, whatever the address.
         _mm_prefetch::<_MM_HINT_ET0>(row.cast());
         _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16).cast());
     }
-    let (mut a, mut b) = (a, b);
-    for step in 0..kp {
-        prefetch.line(step);
-        // SAFETY: a and b advance by one k-pair within the packed panels.
-        unsafe {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(32).cast()));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i) as i32));
-                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
-                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
-            }
-            a = a.add(MR);
-            b = b.add(NR * 2);
-        }
+    for step in c_at..kp {
+        k_pair!(step);
     }
     for (i, row) in acc.iter().enumerate() {
         // SAFETY: row i of the tile is 32 writable floats at c + i*ldc.
