@@ -12,14 +12,71 @@
 //! The weight input stays on the node (it gives the shapes, and the graph
 //! keeps its meaning for anything that ignores `packed`), so the original
 //! tensor stays referenced next to its packed copy.
+//!
+//! Graphs that pack the same constant tensor share one packed copy while any of
+//! them lives (see [`shared_prepack`]): a decoder's prefill and decode graphs read
+//! the same weights, which were packed once per graph before (twice the memory).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::graph::{Graph, Op, Prepacked, ValueId};
-use crate::ops::matmul::prepack;
+use crate::kernels::dispatch::{isa, Isa};
+use crate::ops::matmul::{prepack, PackedWeight};
+use crate::storage::Storage;
+use crate::tensor::Tensor;
+
+/// A tensor's identity for packing: its storage's address, view and dtype, and the ISA
+/// tier f32 panels were laid out for (bf16 k-pair panels are the same at every tier).
+type PackKey = (usize, usize, Vec<usize>, Vec<isize>, DType, Option<Isa>);
+
+/// A packed weight and the storage it was packed from. The weak storage handle keeps
+/// the storage's allocation from being freed and its address reused while the entry
+/// lives, so an address names one storage.
+struct SharedPack {
+    storage: Weak<Storage>,
+    packed: Weak<PackedWeight>,
+}
+
+/// `prepack(t)`, shared with every other graph that packed the same view of the same
+/// storage and still holds the result. (Packing reads the tensor once: a constant whose
+/// memory is changed in place after a graph packed it is not packed again.)
+fn shared_prepack(t: &Tensor) -> Result<Arc<PackedWeight>> {
+    static SHARED: OnceLock<Mutex<HashMap<PackKey, SharedPack>>> = OnceLock::new();
+    let key: PackKey = (
+        Arc::as_ptr(t.storage()) as usize,
+        t.offset(),
+        t.shape().to_vec(),
+        t.strides().to_vec(),
+        t.dtype(),
+        (t.dtype() != DType::BF16).then(isa),
+    );
+    let shared = SHARED.get_or_init(Default::default);
+    if let Ok(map) = shared.lock() {
+        if let Some(entry) = map.get(&key) {
+            if let (Some(storage), Some(packed)) = (entry.storage.upgrade(), entry.packed.upgrade())
+            {
+                if Arc::ptr_eq(&storage, t.storage()) {
+                    return Ok(packed);
+                }
+            }
+        }
+    }
+    let packed = Arc::new(prepack(t)?);
+    if let Ok(mut map) = shared.lock() {
+        map.retain(|_, e| e.packed.strong_count() > 0);
+        map.insert(
+            key,
+            SharedPack {
+                storage: Arc::downgrade(t.storage()),
+                packed: Arc::downgrade(&packed),
+            },
+        );
+    }
+    Ok(packed)
+}
 
 use super::{constant_of, live, PassOutput, Rebuild};
 
@@ -50,7 +107,7 @@ pub fn run(graph: &Graph) -> Result<PassOutput> {
         let packed = match packs.get(&w) {
             Some(p) => p.clone(),
             None => {
-                let p = Prepacked(Arc::new(prepack(t)?));
+                let p = Prepacked(shared_prepack(t)?);
                 packs.insert(w, p.clone());
                 p
             }
@@ -133,5 +190,37 @@ mod tests {
         assert!(after.nodes()[a].op.attributes().contains("prepacked"));
         assert_same_values(&g, &after, &[("batch", 5)], 1e-5);
         assert_eq!(run(&after).unwrap().rewrites, 0, "nothing left to pack");
+    }
+
+    #[test]
+    fn graphs_packing_the_same_constant_share_one_pack() {
+        let build = |w: &Tensor| {
+            let mut g = Graph::new();
+            let x = g
+                .input("x", vec![Dim::sym("batch"), Dim::Known(40)], DType::F32)
+                .unwrap();
+            let wc = g.constant(w.clone());
+            let y = g.linear(x, wc, None, Activation::None).unwrap();
+            g.output("y", y).unwrap();
+            (run(&g).unwrap().graph, y)
+        };
+        let w = weight(&[24, 40], 9);
+        let (g1, y1) = build(&w);
+        let (g2, y2) = build(&w);
+        let (p1, p2) = (packed_at(&g1, y1).unwrap(), packed_at(&g2, y2).unwrap());
+        assert!(Arc::ptr_eq(&p1, &p2), "same storage and view: one pack");
+        // Equal values in another storage, or another view of this one: packed apart.
+        let (g3, y3) = build(&weight(&[24, 40], 9));
+        assert!(!Arc::ptr_eq(&p1, &packed_at(&g3, y3).unwrap()));
+        let (g4, y4) = build(&w.cast(DType::BF16).unwrap());
+        assert!(!Arc::ptr_eq(&p1, &packed_at(&g4, y4).unwrap()));
+        // The share holds no strong reference: once no graph holds the pack, it is freed,
+        // and packing the same tensor again packs afresh.
+        drop((g1, g2, p1));
+        assert_eq!(Arc::strong_count(&p2), 1, "only this handle is left");
+        drop(p2);
+        let (g5, y5) = build(&w);
+        let p5 = packed_at(&g5, y5).unwrap();
+        assert_eq!(Arc::strong_count(&p5), 2, "held by g5 and p5 only");
     }
 }
