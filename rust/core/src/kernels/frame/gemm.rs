@@ -406,7 +406,7 @@ pub(crate) fn gemm_with(
         ptr: c.as_mut_ptr(),
         ldc,
     };
-    if tm > 1 && !matches!(b, BSource::Packed(_)) {
+    if tm > 1 && !matches!(b, BSource::Packed(_)) && !reads_b_in_place(kind, b, m.div_ceil(tm)) {
         // Row parts would each pack all of B: pack it once, together.
         gemm_shared_b(kind, a, b, out, (tm, tn), threads, epi);
         return;
@@ -503,6 +503,9 @@ struct BBlock<'a> {
     jc: usize,
     pc: usize,
     kc: usize,
+    /// Full panels are read from B where it is (see [`reads_b_in_place`]); only a
+    /// partial last panel is packed (lazily).
+    direct: bool,
 }
 
 // SAFETY: a BBlock only reads packed panels that no thread writes while it is
@@ -722,6 +725,7 @@ fn prepacked_block(
         jc,
         pc,
         kc,
+        direct: false,
     }
 }
 
@@ -763,18 +767,26 @@ fn macro_kernel(
             let elem = if kind == KernelKind::Bf16Pairs { 2 } else { 4 };
             let lines = (panel_len * elem).div_ceil(64);
             let per_call = lines.div_ceil(n_ir);
+            let in_place = match blk.lazy {
+                Some(LazyPack {
+                    b: BSource::F32(src),
+                    ..
+                }) if blk.direct => Some(src),
+                _ => None,
+            };
             for panel in panels.0..panels.1 {
-                if let (Some(l), true) = (blk.lazy, ic == rows.0) {
-                    l.pack((panel, panel + 1));
-                }
                 let j0 = jc + panel * nr;
                 let ncur = nr.min(n_end - j0);
+                let direct = in_place.filter(|_| ncur == nr);
+                if let (Some(l), true, None) = (blk.lazy, ic == rows.0, direct) {
+                    l.pack((panel, panel + 1));
+                }
                 for (ir, i0) in (0..mcur).step_by(mr).enumerate() {
                     let mcur_r = mr.min(mcur - i0);
                     // Pull the next panel of this task towards L1 while this one is in use;
                     // when the next panel is still to be widened from a new bf16 pair panel,
                     // pull that pair panel's rows instead (kc × 64 bytes).
-                    let prefetch = if panel + 1 < panels.1 {
+                    let prefetch = if panel + 1 < panels.1 && in_place.is_none() {
                         let pairs = match (blk.lazy, ic == rows.0) {
                             (Some(l), true) => pair_rows_of(l, panel + 1, nr),
                             _ => None,
@@ -806,8 +818,12 @@ fn macro_kernel(
                         prefetch,
                         a_f32: af.as_ptr().wrapping_add(ir * mr * kc),
                         a_bf16: ab.as_ptr().wrapping_add(ir * mr * kc.div_ceil(2)),
-                        b_f32: blk.f32.wrapping_add(panel * panel_len),
+                        b_f32: match direct {
+                            Some(src) => src.sub(pc, j0, kc, nr).ptr,
+                            None => blk.f32.wrapping_add(panel * panel_len),
+                        },
                         b_bf16: blk.bf16.wrapping_add(panel * panel_len),
+                        b_ldb: direct.map_or(0, |src| src.rs as usize),
                     };
                     // SAFETY: the packed panels hold full MR/NR tiles of kc depth;
                     // C[ic+i0.., j0..] (mcur_r × ncur) is inside this task's disjoint
@@ -831,6 +847,31 @@ fn macro_kernel(
             }
         }
     });
+}
+
+/// Whether the micro-kernels read B's full panels where B is rather than packed copies:
+/// f32 B with unit column stride and the AVX-512 f32 kernel, when one row block of
+/// `rows` reads each panel and B fits in half the last-level cache, or two row blocks
+/// and B fits in 1 MiB (one core's L2 here). Packing costs a full read and write of B,
+/// which many row blocks amortize and one or two do not; but the kernel's strided reads
+/// of B cannot hide DRAM latency the way the packing loop's can. (Zen 5, 32 MiB L3,
+/// builds alternating, GFLOP/s in place vs packed, 1 thread / 2 threads: 32x384x1536
+/// 228-230 vs 178-180 / 435-437 vs 343; 9x576x1536 155-179 vs 103 / 340-352 vs 196-198;
+/// 16x1024x1024 164-171 vs 112-113 / 311-316 vs 218-220; 32x768x3072 (9.4 MB of B)
+/// 163-174 vs 141-149; 128x384x384 (two blocks) 252 vs 231-235 / 475-479 vs 441-442;
+/// but 144x768x3072 (two blocks, 9.4 MB) 181-219 vs 214-220 and 64x4096x4096 (64 MB)
+/// 94-96 vs 122-124 at 1 thread.)
+fn reads_b_in_place(kind: KernelKind, b: BSource<'_>, rows: usize) -> bool {
+    let BSource::F32(src) = b else {
+        return false;
+    };
+    let bytes = src.rows.saturating_mul(src.cols).saturating_mul(4);
+    let mc = kind.mc();
+    kind == (KernelKind::F32 { isa: Isa::Avx512 })
+        && src.cs == 1
+        && src.rs > 0
+        && ((rows <= mc && bytes <= last_level_cache_bytes() / 2)
+            || (rows <= 2 * mc && bytes <= 1 << 20))
 }
 
 /// The single-threaded BLIS loops over C[rows, cols] (B packed by this thread).
@@ -862,7 +903,8 @@ fn gemm_block(
                         } else {
                             bf.resize(n_panels * panel_len, 0.0);
                         }
-                        // Packed panel by panel as the first row block reaches it.
+                        // Packed panel by panel as the first row block reaches it (or,
+                        // read in place, only a partial last panel).
                         BBlock {
                             f32: bf.as_ptr(),
                             bf16: bb.as_ptr(),
@@ -877,6 +919,7 @@ fn gemm_block(
                             jc,
                             pc,
                             kc,
+                            direct: reads_b_in_place(kind, b, rows.1 - rows.0),
                         }
                     }
                 };
@@ -932,6 +975,7 @@ fn gemm_shared_b(
                 jc,
                 pc,
                 kc,
+                direct: false,
             };
             if tn == 1 && n_panels >= tm {
                 // Two phases: each thread packs its share of the panels while computing
@@ -1006,6 +1050,9 @@ struct Tile {
     a_bf16: *const u32,
     b_f32: *const f32,
     b_bf16: *const u16,
+    /// Nonzero: `b_f32` points at B's own rows, this many floats apart (the AVX-512
+    /// kernel's direct form); zero: at a packed panel.
+    b_ldb: usize,
 }
 
 impl Tile {
@@ -1053,6 +1100,17 @@ impl Tile {
     /// # Safety
     /// `c` is a writable MR × NR tile with row stride `ldc`; panels as in `run`.
     unsafe fn call(&self, c: *mut f32, ldc: usize, accumulate: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if self.b_ldb > 0 {
+            // SAFETY: b_ldb is only set for the AVX-512 f32 kind (`reads_b_in_place`), after
+            // dispatch confirmed AVX-512; B's kc rows of 32 floats at b_f32, b_ldb apart,
+            // are inside B (forwarded caller guarantees).
+            return unsafe {
+                crate::kernels::x86_64::avx512_mmm_f32_12x32::avx512_mmm_f32_12x32_direct(
+                    self.kc, self.a_f32, self.b_f32, self.b_ldb, c, ldc, accumulate,
+                )
+            };
+        }
         type F32Kernel = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool, Prefetch);
         let f32_kernel: F32Kernel = match self.kind {
             #[cfg(target_arch = "x86_64")]
@@ -1268,6 +1326,8 @@ mod tests {
                 (13, 33, 7),
                 (33, 300, 65),
                 (127, 257, 40),
+                // Row-major B read in place (AVX-512, few row blocks) across depth blocks.
+                (40, 1100, 64),
             ] {
                 for t in [false, true] {
                     check(m, k, n, kind, t);
