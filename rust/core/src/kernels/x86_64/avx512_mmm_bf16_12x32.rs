@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::frame::prefetch::Prefetch;
-use crate::kernels::x86_64::avx512_mmm_f32_12x32::C_AHEAD;
+use crate::kernels::x86_64::avx512_mmm_f32_12x32::{prefetch_c_tile, store_c_tile, C_AHEAD};
 
 pub const MR: usize = 12;
 pub const NR: usize = 32;
@@ -50,26 +50,9 @@ pub unsafe fn avx512_mmm_bf16_12x32(
     for step in 0..c_at {
         k_pair!(step);
     }
-    for i in 0..MR {
-        let row = c.wrapping_add(i * ldc);
-        // A prefetch is a hint: it never faults, whatever the address.
-        _mm_prefetch::<_MM_HINT_ET0>(row.cast());
-        _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16).cast());
-    }
+    prefetch_c_tile(c, ldc);
     for step in c_at..kp {
         k_pair!(step);
     }
-    for (i, row) in acc.iter().enumerate() {
-        // SAFETY: row i of the tile is 32 writable floats at c + i*ldc.
-        unsafe {
-            let dst = c.add(i * ldc);
-            let (mut v0, mut v1) = (row[0], row[1]);
-            if accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
-                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst.add(16)));
-            }
-            _mm512_storeu_ps(dst, v0);
-            _mm512_storeu_ps(dst.add(16), v1);
-        }
-    }
+    store_c_tile!(acc, c, ldc, accumulate);
 }

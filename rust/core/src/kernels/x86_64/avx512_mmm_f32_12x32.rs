@@ -48,28 +48,11 @@ macro_rules! kernel_body {
         for step in 0..c_at {
             k_step!(step);
         }
-        for i in 0..MR {
-            let row = c.wrapping_add(i * ldc);
-            // A prefetch is a hint: it never faults, whatever the address.
-            _mm_prefetch::<_MM_HINT_ET0>(row.cast());
-            _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16).cast());
-        }
+        prefetch_c_tile(c, ldc);
         for step in c_at..k {
             k_step!(step);
         }
-        for (i, row) in acc.iter().enumerate() {
-            // SAFETY: row i of the 12 × 32 tile is 32 writable floats at c + i*ldc.
-            unsafe {
-                let dst = c.add(i * ldc);
-                let (mut v0, mut v1) = (row[0], row[1]);
-                if accumulate {
-                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
-                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst.add(16)));
-                }
-                _mm512_storeu_ps(dst, v0);
-                _mm512_storeu_ps(dst.add(16), v1);
-            }
-        }
+        store_c_tile!(acc, c, ldc, accumulate);
     }};
 }
 
@@ -111,3 +94,40 @@ pub unsafe fn avx512_mmm_f32_12x32_direct(
 ) {
     kernel_body!(k, a, b, ldb, c, ldc, accumulate, Prefetch::NONE)
 }
+
+/// Prefetches a 12 × 32 C tile for writing (both lines of each row). Both AVX-512 GEMM
+/// kernels call it `C_AHEAD` steps before their loop ends.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn prefetch_c_tile(c: *mut f32, ldc: usize) {
+    for i in 0..MR {
+        let row = c.wrapping_add(i * ldc);
+        // A prefetch is a hint: it never faults, whatever the address.
+        _mm_prefetch::<_MM_HINT_ET0>(row.cast());
+        _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16).cast());
+    }
+}
+
+/// Writes (or, with `accumulate`, adds) the accumulators `$acc` of a 12 × 32 tile into C
+/// (a macro, not a function: the accumulators must stay in registers).
+///
+/// Safety (of the expansion site): `$c` points to a writable 12 × 32 tile with row stride
+/// `$ldc`; the CPU supports AVX-512F.
+macro_rules! store_c_tile {
+    ($acc:expr, $c:expr, $ldc:expr, $accumulate:expr) => {
+        for (i, row) in $acc.iter().enumerate() {
+            // SAFETY: row i of the tile is 32 writable floats at c + i*ldc (the contract).
+            unsafe {
+                let dst = $c.add(i * $ldc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if $accumulate {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst.add(16)));
+                }
+                _mm512_storeu_ps(dst, v0);
+                _mm512_storeu_ps(dst.add(16), v1);
+            }
+        }
+    };
+}
+pub(crate) use store_c_tile;
