@@ -189,15 +189,7 @@ impl Compiled {
     /// The values node `id` reads, in input order, from a run's `values` (indexed by value
     /// id; every device's executor keeps one); an internal error names one not live.
     pub fn live_args<'v, T>(&self, id: ValueId, values: &'v [Option<T>]) -> Result<Vec<&'v T>> {
-        self.nodes[id]
-            .inputs
-            .iter()
-            .map(|&i| {
-                values[i].as_ref().ok_or_else(|| {
-                    Error::Internal(format!("node %{id} reads %{i}, which is not live"))
-                })
-            })
-            .collect()
+        self.args_by(id, |i| values[i].as_ref())
     }
 
     /// Value `i` of a CPU run: from `values`, or the tensor a constant node holds.
@@ -215,11 +207,20 @@ impl Compiled {
         id: ValueId,
         values: &'v [Option<Tensor>],
     ) -> Result<Vec<&'v Tensor>> {
+        self.args_by(id, |i| self.cpu_value(i, values))
+    }
+
+    /// Node `id`'s inputs looked up by `value`; an internal error names one not live.
+    fn args_by<'v, T>(
+        &self,
+        id: ValueId,
+        value: impl Fn(ValueId) -> Option<&'v T>,
+    ) -> Result<Vec<&'v T>> {
         self.nodes[id]
             .inputs
             .iter()
             .map(|&i| {
-                self.cpu_value(i, values).ok_or_else(|| {
+                value(i).ok_or_else(|| {
                     Error::Internal(format!("node %{id} reads %{i}, which is not live"))
                 })
             })

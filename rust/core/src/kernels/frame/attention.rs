@@ -712,13 +712,11 @@ unsafe fn scores_direct<V: Lanes>(
     for j in 0..kb.nk {
         let ahead = first_key.wrapping_add((j + KEYS_AHEAD) * key_step);
         let value = first_value.wrapping_add(j * value_step);
-        for c in (0..d.max(p.v.dim)).step_by(16) {
-            if c < d {
-                prefetch::line_at(ahead.wrapping_add(c).cast());
-            }
-            if c < p.v.dim {
-                prefetch::line_at(value.wrapping_add(c).cast());
-            }
+        for c in (0..d).step_by(16) {
+            prefetch::line_at(ahead.wrapping_add(c).cast());
+        }
+        for c in (0..p.v.dim).step_by(16) {
+            prefetch::line_at(value.wrapping_add(c).cast());
         }
         let key = p.key_row(kb.b, kb.j0 + j, kb.kv_head).as_ptr();
         for r in 0..rows {

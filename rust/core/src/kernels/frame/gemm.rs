@@ -406,7 +406,10 @@ pub(crate) fn gemm_with(
         ptr: c.as_mut_ptr(),
         ldc,
     };
-    if tm > 1 && !matches!(b, BSource::Packed(_)) && !reads_b_in_place(kind, b, m.div_ceil(tm)) {
+    if tm > 1
+        && !matches!(b, BSource::Packed(_))
+        && b_read_in_place(kind, b, m.div_ceil(tm)).is_none()
+    {
         // Row parts would each pack all of B: pack it once, together.
         gemm_shared_b(kind, a, b, out, (tm, tn), threads, epi);
         return;
@@ -503,9 +506,9 @@ struct BBlock<'a> {
     jc: usize,
     pc: usize,
     kc: usize,
-    /// Full panels are read from B where it is (see [`reads_b_in_place`]); only a
-    /// partial last panel is packed (lazily).
-    direct: bool,
+    /// B (row-major f32) when the micro-kernels read its full panels where they are (see
+    /// [`b_read_in_place`]); only a partial last panel is then packed (lazily).
+    in_place: Option<MatRef<f32>>,
 }
 
 // SAFETY: a BBlock only reads packed panels that no thread writes while it is
@@ -725,7 +728,7 @@ fn prepacked_block(
         jc,
         pc,
         kc,
-        direct: false,
+        in_place: None,
     }
 }
 
@@ -767,17 +770,10 @@ fn macro_kernel(
             let elem = if kind == KernelKind::Bf16Pairs { 2 } else { 4 };
             let lines = (panel_len * elem).div_ceil(64);
             let per_call = lines.div_ceil(n_ir);
-            let in_place = match blk.lazy {
-                Some(LazyPack {
-                    b: BSource::F32(src),
-                    ..
-                }) if blk.direct => Some(src),
-                _ => None,
-            };
             for panel in panels.0..panels.1 {
                 let j0 = jc + panel * nr;
                 let ncur = nr.min(n_end - j0);
-                let direct = in_place.filter(|_| ncur == nr);
+                let direct = blk.in_place.filter(|_| ncur == nr);
                 if let (Some(l), true, None) = (blk.lazy, ic == rows.0, direct) {
                     l.pack((panel, panel + 1));
                 }
@@ -786,7 +782,7 @@ fn macro_kernel(
                     // Pull the next panel of this task towards L1 while this one is in use;
                     // when the next panel is still to be widened from a new bf16 pair panel,
                     // pull that pair panel's rows instead (kc × 64 bytes).
-                    let prefetch = if panel + 1 < panels.1 && in_place.is_none() {
+                    let prefetch = if panel + 1 < panels.1 && blk.in_place.is_none() {
                         let pairs = match (blk.lazy, ic == rows.0) {
                             (Some(l), true) => pair_rows_of(l, panel + 1, nr),
                             _ => None,
@@ -849,7 +845,7 @@ fn macro_kernel(
     });
 }
 
-/// Whether the micro-kernels read B's full panels where B is rather than packed copies:
+/// B, when the micro-kernels read its full panels where they are rather than packed copies:
 /// f32 B with unit column stride and the AVX-512 f32 kernel, when one row block of
 /// `rows` reads each panel and B fits in half the last-level cache, or two row blocks
 /// and B fits in 1 MiB (one core's L2 here). Packing costs a full read and write of B,
@@ -861,17 +857,18 @@ fn macro_kernel(
 /// 163-174 vs 141-149; 128x384x384 (two blocks) 252 vs 231-235 / 475-479 vs 441-442;
 /// but 144x768x3072 (two blocks, 9.4 MB) 181-219 vs 214-220 and 64x4096x4096 (64 MB)
 /// 94-96 vs 122-124 at 1 thread.)
-fn reads_b_in_place(kind: KernelKind, b: BSource<'_>, rows: usize) -> bool {
+fn b_read_in_place(kind: KernelKind, b: BSource<'_>, rows: usize) -> Option<MatRef<f32>> {
     let BSource::F32(src) = b else {
-        return false;
+        return None;
     };
     let bytes = src.rows.saturating_mul(src.cols).saturating_mul(4);
     let mc = kind.mc();
-    kind == (KernelKind::F32 { isa: Isa::Avx512 })
+    let read = kind == (KernelKind::F32 { isa: Isa::Avx512 })
         && src.cs == 1
         && src.rs > 0
         && ((rows <= mc && bytes <= last_level_cache_bytes() / 2)
-            || (rows <= 2 * mc && bytes <= 1 << 20))
+            || (rows <= 2 * mc && bytes <= 1 << 20));
+    read.then_some(src)
 }
 
 /// The single-threaded BLIS loops over C[rows, cols] (B packed by this thread).
@@ -919,7 +916,7 @@ fn gemm_block(
                             jc,
                             pc,
                             kc,
-                            direct: reads_b_in_place(kind, b, rows.1 - rows.0),
+                            in_place: b_read_in_place(kind, b, rows.1 - rows.0),
                         }
                     }
                 };
@@ -975,7 +972,7 @@ fn gemm_shared_b(
                 jc,
                 pc,
                 kc,
-                direct: false,
+                in_place: None,
             };
             if tn == 1 && n_panels >= tm {
                 // Two phases: each thread packs its share of the panels while computing
@@ -1102,7 +1099,7 @@ impl Tile {
     unsafe fn call(&self, c: *mut f32, ldc: usize, accumulate: bool) {
         #[cfg(target_arch = "x86_64")]
         if self.b_ldb > 0 {
-            // SAFETY: b_ldb is only set for the AVX-512 f32 kind (`reads_b_in_place`), after
+            // SAFETY: b_ldb is only set for the AVX-512 f32 kind (`b_read_in_place`), after
             // dispatch confirmed AVX-512; B's kc rows of 32 floats at b_f32, b_ldb apart,
             // are inside B (forwarded caller guarantees).
             return unsafe {
@@ -1169,6 +1166,10 @@ pub fn mat<T>(data: &[T], rows: usize, cols: usize, rs: isize, cs: isize) -> Mat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::dispatch::available;
+    use crate::kernels::frame::epilogue::{activate, Activation};
+    use crate::kernels::frame::gemv::gemv_with;
+    use crate::kernels::generic::mmm::reference_gemm_f64;
 
     #[test]
     fn cache_sizes_parse_as_sysfs_writes_them_and_big_packed_weights_count() {
@@ -1187,10 +1188,6 @@ mod tests {
         assert!(weights_outgrow_cache());
         drop(packed);
     }
-    use crate::kernels::dispatch::available;
-    use crate::kernels::frame::epilogue::{activate, Activation};
-    use crate::kernels::frame::gemv::gemv_with;
-    use crate::kernels::generic::mmm::reference_gemm_f64;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         crate::kernels::testing::uniform(n, seed, -1.0, 1.0)

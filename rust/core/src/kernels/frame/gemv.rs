@@ -178,14 +178,9 @@ fn packed_f32<const M: usize, const NR: usize>(
             let mut acc = [[0f32; NR]; M];
             for q in 0..kc {
                 let bv = &data[q * NR..q * NR + NR];
-                // The panels of a task lie end to end: keep the stream's lines coming
-                // (the hardware prefetcher alone left a core well short of DRAM speed).
-                for line in 0..(NR * 4).div_ceil(64) {
-                    prefetch::stream_ahead_as(
-                        bv.as_ptr().cast::<u8>().wrapping_add(64 * line),
-                        job.once,
-                    );
-                }
+                // Keep the panel stream's lines coming (the hardware prefetcher alone left a
+                // core well short of DRAM speed).
+                prefetch::stream_lines(bv.as_ptr().cast(), (NR * 4).div_ceil(64), job.once);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let av = job.a[r * job.k + pc + q];
                     for l in 0..NR {
@@ -217,12 +212,7 @@ fn packed_bf16<const M: usize, const NR: usize>(
             let mut acc = [[0f32; NR]; M];
             for q in 0..kp {
                 let pair = &data[q * NR * 2..(q + 1) * NR * 2];
-                for line in 0..(NR * 4).div_ceil(64) {
-                    prefetch::stream_ahead_as(
-                        pair.as_ptr().cast::<u8>().wrapping_add(64 * line),
-                        job.once,
-                    );
-                }
+                prefetch::stream_lines(pair.as_ptr().cast(), (NR * 4).div_ceil(64), job.once);
                 let mut b0 = [0f32; NR];
                 let mut b1 = [0f32; NR];
                 // bf16 -> f32 is the bits shifted into the high half (exact, NaN kept):
@@ -367,7 +357,6 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
             if p.kind.mr_nr().1 != PACKED_NR {
                 return false;
             }
-            let once = job.once;
             for pc in (0..job.k).step_by(p.kind.kc()) {
                 let kc = p.kind.kc().min(job.k - pc);
                 let at = p.panel_offset(pc, j0 * PACKED_NR);
@@ -376,7 +365,7 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
                 let panel_bytes = PACKED_NR * p.kind.b_units(kc) * elem;
                 // SAFETY: as above; panels j0..j1 of depth block pc start at `at`.
                 unsafe {
-                    avx512_gemv_packed(kind, &block, kc, panel_bytes, j0, j1, p.n, pc > 0, once)
+                    avx512_gemv_packed(kind, &block, kc, panel_bytes, j0, j1, p.n, pc > 0, job.once)
                 };
             }
         }

@@ -58,6 +58,16 @@ pub fn stream_ahead_as(at: *const u8, once: bool) {
     }
 }
 
+/// [`stream_ahead_as`] for each of the `lines` cache lines from `at`: the lines a
+/// small-M kernel's step reads from a stream of pre-packed panels, whose panels lie end
+/// to end (so the prefetch runs on into the next one).
+#[inline(always)]
+pub fn stream_lines(at: *const u8, lines: usize, once: bool) {
+    for l in 0..lines {
+        stream_ahead_as(at.wrapping_add(64 * l), once);
+    }
+}
+
 /// [`stream_ahead`] for data read once and not again before much more has streamed past
 /// (weights larger than the last-level cache): a non-temporal hint, so the stream does
 /// not push everything else out of L2 and L3. See [`crate::kernels::frame::gemm::weights_outgrow_cache`].

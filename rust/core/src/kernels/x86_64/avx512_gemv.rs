@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::frame::prefetch::{line_at, stream_ahead_as};
+use crate::kernels::frame::prefetch::{line_at, stream_lines};
 
 /// What a small-M kernel reads and writes: A (m × k, row-major, lda = k), B or the
 /// weights at `b` with `ldb` elements between rows (of B, or of W for the N × K form),
@@ -164,17 +164,6 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
 /// Columns per packed panel that the packed kernels below take (the AVX-512 GEMM's NR).
 pub const PACKED_NR: usize = 32;
 
-/// Prefetches the `lines` cache lines of the panel stream at `data + at`,
-/// `STREAM_AHEAD` bytes ahead. The panels a task reads are contiguous, so this runs into
-/// the next panel; a core then keeps enough lines in flight to stream at DRAM speed.
-/// With `once`, the hint is non-temporal (weights that outgrow the caches).
-#[inline(always)]
-fn stream_lines(data: *const u8, at: usize, lines: usize, once: bool) {
-    for l in 0..lines {
-        stream_ahead_as(data.wrapping_add(at + 64 * l), once);
-    }
-}
-
 /// Which packed layout a panel holds.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PanelKind {
@@ -307,7 +296,7 @@ unsafe fn packed_m1(args: &PackedArgs, panel_lo: usize, panel_hi: usize) {
                     let d = data.cast::<f32>();
                     let mut q = 0;
                     while q + 2 <= kc {
-                        stream_lines(data, q * 128, 4, args.once); // the two k-steps q, q + 1
+                        stream_lines(data.wrapping_add(q * 128), 4, args.once); // the two k-steps q, q + 1
                         let a0 = _mm512_set1_ps(*args.a.add(q));
                         let a1 = _mm512_set1_ps(*args.a.add(q + 1));
                         s0[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(d.add(q * 32)), s0[0]);
@@ -326,7 +315,7 @@ unsafe fn packed_m1(args: &PackedArgs, panel_lo: usize, panel_hi: usize) {
                     let d = data.cast::<__m512i>();
                     let pairs = kc.div_ceil(2);
                     for q in 0..pairs {
-                        stream_lines(data, q * 128, 2, args.once);
+                        stream_lines(data.wrapping_add(q * 128), 2, args.once);
                         let a0 = _mm512_set1_ps(*args.a.add(2 * q));
                         let a1 = _mm512_set1_ps(if 2 * q + 1 < kc {
                             *args.a.add(2 * q + 1)
@@ -361,7 +350,7 @@ unsafe fn packed_rows<const M: usize>(args: &PackedArgs, panel_lo: usize, panel_
                 PanelKind::F32 => {
                     let d = data.cast::<f32>();
                     for q in 0..kc {
-                        stream_lines(data, q * 128, 2, args.once);
+                        stream_lines(data.wrapping_add(q * 128), 2, args.once);
                         let b0 = _mm512_loadu_ps(d.add(q * 32));
                         let b1 = _mm512_loadu_ps(d.add(q * 32 + 16));
                         for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -374,7 +363,7 @@ unsafe fn packed_rows<const M: usize>(args: &PackedArgs, panel_lo: usize, panel_
                 PanelKind::Bf16Pairs => {
                     let d = data.cast::<__m512i>();
                     for q in 0..kc.div_ceil(2) {
-                        stream_lines(data, q * 128, 2, args.once);
+                        stream_lines(data.wrapping_add(q * 128), 2, args.once);
                         let (e0, o0) = bf16_halves(_mm512_loadu_si512(d.add(2 * q)));
                         let (e1, o1) = bf16_halves(_mm512_loadu_si512(d.add(2 * q + 1)));
                         let odd_k = 2 * q + 1 < kc;

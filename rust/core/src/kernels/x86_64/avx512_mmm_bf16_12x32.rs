@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::frame::prefetch::Prefetch;
-use crate::kernels::x86_64::avx512_mmm_f32_12x32::{prefetch_c_tile, store_c_tile, C_AHEAD};
+use crate::kernels::x86_64::avx512_mmm_f32_12x32::{steps_then_store, C_AHEAD};
 
 pub const MR: usize = 12;
 pub const NR: usize = 32;
@@ -46,13 +46,5 @@ pub unsafe fn avx512_mmm_bf16_12x32(
     }
     // The C tile is pulled in C_AHEAD pairs before the end, where it is written (see the
     // f32 kernel's C_AHEAD).
-    let c_at = kp.saturating_sub(C_AHEAD);
-    for step in 0..c_at {
-        k_pair!(step);
-    }
-    prefetch_c_tile(c, ldc);
-    for step in c_at..kp {
-        k_pair!(step);
-    }
-    store_c_tile!(acc, c, ldc, accumulate);
+    steps_then_store!(kp, k_pair, acc, c, ldc, accumulate);
 }

@@ -40,19 +40,11 @@ macro_rules! kernel_body {
                 }
             };
         }
-        // Pull the C tile in C_AHEAD steps before the end, where it is written: C of a large
-        // GEMM lives in L3 or DRAM, and stores that miss fill the store buffer and stall the
-        // next call. Fetched at the start instead, the lines were evicted again by the
-        // 100+ KiB of A and B that stream through L1 during the loop.
-        let c_at = k.saturating_sub(C_AHEAD);
-        for step in 0..c_at {
-            k_step!(step);
-        }
-        prefetch_c_tile(c, ldc);
-        for step in c_at..k {
-            k_step!(step);
-        }
-        store_c_tile!(acc, c, ldc, accumulate);
+        // The C tile is pulled in C_AHEAD steps before the end, where it is written: C of a
+        // large GEMM lives in L3 or DRAM, and stores that miss fill the store buffer and
+        // stall the next call. Fetched at the start instead, the lines were evicted again
+        // by the 100+ KiB of A and B that stream through L1 during the loop.
+        steps_then_store!(k, k_step, acc, c, ldc, accumulate);
     }};
 }
 
@@ -95,26 +87,28 @@ pub unsafe fn avx512_mmm_f32_12x32_direct(
     kernel_body!(k, a, b, ldb, c, ldc, accumulate, Prefetch::NONE)
 }
 
-/// Prefetches a 12 × 32 C tile for writing (both lines of each row). Both AVX-512 GEMM
-/// kernels call it `C_AHEAD` steps before their loop ends.
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub(crate) fn prefetch_c_tile(c: *mut f32, ldc: usize) {
-    for i in 0..MR {
-        let row = c.wrapping_add(i * ldc);
-        // A prefetch is a hint: it never faults, whatever the address.
-        _mm_prefetch::<_MM_HINT_ET0>(row.cast());
-        _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16).cast());
-    }
-}
-
-/// Writes (or, with `accumulate`, adds) the accumulators `$acc` of a 12 × 32 tile into C
-/// (a macro, not a function: the accumulators must stay in registers).
+/// Runs `$k_step!(step)` for every step of `0..$steps`, prefetches the 12 × 32 C tile at
+/// `$c` for writing `C_AHEAD` steps before the end, then writes (or, with `$accumulate`,
+/// adds) the accumulators `$acc` into it: the shared tail of both AVX-512 GEMM kernels (a
+/// macro, not a function: the accumulators must stay in registers).
 ///
 /// Safety (of the expansion site): `$c` points to a writable 12 × 32 tile with row stride
 /// `$ldc`; the CPU supports AVX-512F.
-macro_rules! store_c_tile {
-    ($acc:expr, $c:expr, $ldc:expr, $accumulate:expr) => {
+macro_rules! steps_then_store {
+    ($steps:expr, $k_step:ident, $acc:expr, $c:expr, $ldc:expr, $accumulate:expr) => {
+        let c_at = $steps.saturating_sub(C_AHEAD);
+        for step in 0..c_at {
+            $k_step!(step);
+        }
+        for i in 0..MR {
+            let row = $c.wrapping_add(i * $ldc);
+            // A prefetch is a hint: it never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_ET0>(row.cast());
+            _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16).cast());
+        }
+        for step in c_at..$steps {
+            $k_step!(step);
+        }
         for (i, row) in $acc.iter().enumerate() {
             // SAFETY: row i of the tile is 32 writable floats at c + i*ldc (the contract).
             unsafe {
@@ -130,4 +124,4 @@ macro_rules! store_c_tile {
         }
     };
 }
-pub(crate) use store_c_tile;
+pub(crate) use steps_then_store;
