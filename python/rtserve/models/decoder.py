@@ -394,10 +394,9 @@ class DecoderModel:
         cache = KVCache(c.num_layers, capacity, c.num_kv_heads, c.head_dim)
         ids = np.asarray([seq.prompt_ids], dtype=np.int64)
         out = self._prefill(ids, np.ones_like(ids))
-        for i in range(c.num_layers):  # [n, kv_heads, head_dim] into head-major slots
-            cache.k[i, :, :n] = out[f"k{i}"].numpy()[0].transpose(1, 0, 2)
-            cache.v[i, :, :n] = out[f"v{i}"].numpy()[0].transpose(1, 0, 2)
-        cache.length = n
+        k = np.stack([out[f"k{i}"].numpy()[0] for i in range(c.num_layers)])  # [layers, n, kvh, hd]
+        v = np.stack([out[f"v{i}"].numpy()[0] for i in range(c.num_layers)])
+        cache.write(0, k, v)
         seq.cache = cache
         return out["logits"].numpy()[0, -1]
 
@@ -425,10 +424,7 @@ class DecoderModel:
         out = self.decode.run(feed)
         new_k, new_v = out["k"].numpy(), out["v"].numpy()  # [b, layers, kvh, hd]
         for b, cache in enumerate(caches):
-            n = cache.length  # type: ignore[union-attr]
-            cache.k[:, :, n] = new_k[b]  # type: ignore[union-attr]
-            cache.v[:, :, n] = new_v[b]  # type: ignore[union-attr]
-            cache.length = n + 1  # type: ignore[union-attr]
+            cache.write(cache.length, new_k[b][:, None], new_v[b][:, None])  # type: ignore[union-attr]
         return out["logits"].numpy()[:, 0]
 
     # --- generation ---
