@@ -40,3 +40,45 @@ def test_resizing_the_pool_between_calls():
             assert float(rt.matmul(a, a).numpy()[0, 0]) == 100.0
     finally:
         rt.set_num_threads(before)
+
+
+def test_threads_with_pools_of_their_own_get_the_serial_results():
+    # Each thread runs its kernels on a pool of its own (the server's model instances): on
+    # itself alone, or with helpers; the results are those of the shared pool, and the
+    # shared pool's size is untouched.
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((130, 257), dtype=np.float32)
+    b = rng.standard_normal((257, 333), dtype=np.float32)
+    x = rng.standard_normal((65, 999), dtype=np.float32)
+    expected_mm = rt.matmul(a, b).numpy().copy()
+    expected_sm = rt.softmax(x).numpy().copy()
+    shared = rt.num_threads()
+
+    def worker(i: int) -> list[str]:
+        errors = []
+        threads = 1 + i % 3
+        for j in range(12):
+            local = threads if j % 4 != 3 else None  # now and then back on the shared pool
+            rt.set_local_threads(local)
+            if rt.local_threads() != local:
+                errors.append(f"local_threads() {rt.local_threads()} after set_local_threads({local})")
+            if rt.num_threads() != (local or shared):
+                errors.append(f"num_threads() {rt.num_threads()} with a pool of {local} (shared {shared})")
+            if not np.array_equal(rt.matmul(a, b).numpy(), expected_mm):
+                errors.append(f"matmul differs on a pool of {local}")
+            if not np.array_equal(rt.softmax(x).numpy(), expected_sm):
+                errors.append(f"softmax differs on a pool of {local}")
+        return errors
+
+    errors = run_in_threads(worker, count=6)
+    assert not errors, errors
+    assert rt.num_threads() == shared and rt.local_threads() is None  # this thread: untouched
+
+
+def test_a_pool_of_its_own_takes_a_size_from_1_to_1024():
+    import pytest
+
+    for bad in (0, 1025):
+        with pytest.raises(rt.UnsupportedError, match="between 1 and 1024"):
+            rt.set_local_threads(bad)
+    assert rt.local_threads() is None

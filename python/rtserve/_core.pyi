@@ -100,8 +100,19 @@ def available_isas() -> list[str]: ...
 def cpu_features() -> dict[str, bool]: ...
 def devices() -> list[dict[str, object]]:
     """Devices this process knows: name, description (e.g. ISA tier), available."""
-def num_threads() -> int: ...
-def set_num_threads(threads: int) -> None: ...
+def num_threads() -> int:
+    """Threads the kernels called from this thread use: its own pool's size (set_local_threads),
+    else the shared pool's (RTSERVE_NUM_THREADS, default the physical cores)."""
+def set_num_threads(threads: int) -> None:
+    """Resizes the runtime's shared thread pool (1..1024)."""
+def set_local_threads(threads: int | None) -> None:
+    """Gives the calling thread a pool of ``threads`` threads of its own (itself and threads - 1
+    helpers; 1: the thread alone) for the kernels it calls, instead of the shared pool; None
+    goes back to the shared pool. Several threads each running a model on their own share of
+    the cores (the server's model instances) then never wait for one another's threads. The
+    pool ends with the thread."""
+def local_threads() -> int | None:
+    """The size of the calling thread's own pool, or None when it uses the shared pool."""
 def release_memory() -> int:
     """Frees the large freed buffers kept for reuse (at most 64 MiB; reused only for outputs of
     the same size); returns the bytes freed. The server calls it when its queues drain."""

@@ -36,16 +36,30 @@ fn cpu_features() -> std::collections::BTreeMap<&'static str, bool> {
     ])
 }
 
-/// Threads the kernels use.
+/// Threads the kernels called from this thread use (its own pool's, else the shared pool's).
 #[pyfunction]
 fn num_threads() -> usize {
     kernels::num_threads()
 }
 
-/// Sets the kernels' thread count (replaces the pool).
+/// Sets the shared pool's thread count (replaces the pool).
 #[pyfunction]
 fn set_num_threads(threads: usize) -> PyResult<()> {
     core(kernels::set_num_threads(threads))
+}
+
+/// Gives the calling thread a pool of `threads` threads of its own for the kernels it calls
+/// (1: the thread alone); None: back to the shared pool.
+#[pyfunction]
+#[pyo3(signature = (threads))]
+fn set_local_threads(threads: Option<usize>) -> PyResult<()> {
+    core(kernels::set_local_threads(threads))
+}
+
+/// The size of the calling thread's own pool, or None when it uses the shared pool.
+#[pyfunction]
+fn local_threads() -> Option<usize> {
+    kernels::local_threads()
 }
 
 /// Frees the large freed buffers the runtime keeps for reuse (at most 64 MiB); returns the
@@ -102,5 +116,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_local_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(local_threads, m)?)?;
     Ok(())
 }

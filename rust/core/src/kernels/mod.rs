@@ -9,4 +9,4 @@ pub mod testing;
 pub mod x86_64;
 
 pub use dispatch::{isa, set_isa, Isa};
-pub use frame::threads::{num_threads, set_num_threads};
+pub use frame::threads::{local_threads, num_threads, set_local_threads, set_num_threads};

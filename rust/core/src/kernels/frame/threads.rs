@@ -8,6 +8,7 @@
 //! small calls of a decode loop do not pay an OS wake-up each (the same trade
 //! OpenBLAS and llama.cpp make; `OMP_WAIT_POLICY` is OpenMP's knob for it).
 
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -116,6 +117,9 @@ impl Pool {
     }
 
     fn shutdown(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Ok(_guard) = self.shared.sleep.lock() {
             self.shared.wake.notify_all();
@@ -126,7 +130,14 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 fn worker(shared: &Shared) {
+    IN_TASK.set(true);
     let mut seen = shared.seq.load(Ordering::Acquire);
     loop {
         // Spin, then sleep, until a new job is published. The clock is read every 64
@@ -176,30 +187,106 @@ fn state() -> &'static Mutex<Pool> {
             .filter(|&n| n > 0)
             .unwrap_or_else(num_cpus::get_physical)
             .clamp(1, 1024);
+        SHARED_THREADS.store(threads, Ordering::Relaxed);
         Mutex::new(Pool::new(threads))
     })
 }
 
-/// Threads kernels may use.
-pub fn num_threads() -> usize {
-    state().lock().map(|p| p.threads).unwrap_or(1)
+/// The shared pool's size, kept beside it so that reading it never waits for the
+/// pool's lock (held for the whole of a running job). 0: the pool is not made yet.
+static SHARED_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's own pool, when [`set_local_threads`] gave it one: kernels called
+    /// from this thread use it instead of the shared pool while it is active.
+    static LOCAL: RefCell<Local> = const { RefCell::new(Local { pool: None, active: false }) };
+    /// Set while this thread runs a task of a `parallel_for` job (and for the pools'
+    /// helper threads): a nested `parallel_for` runs inline.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Resizes the pool (waits for a running job to finish first).
-pub fn set_num_threads(threads: usize) -> Result<()> {
-    if threads == 0 || threads > 1024 {
-        return Err(Error::Unsupported(format!(
-            "num_threads must be between 1 and 1024, got {threads}"
-        )));
+/// A thread's own pool, and whether its kernels use it now.
+struct Local {
+    pool: Option<Pool>,
+    active: bool,
+}
+
+impl Local {
+    fn active_pool(&self) -> Option<&Pool> {
+        self.pool.as_ref().filter(|_| self.active)
     }
+}
+
+/// Threads kernels called from this thread may use: its own pool's size if
+/// [`set_local_threads`] made it active, else the shared pool's.
+pub fn num_threads() -> usize {
+    local_threads().unwrap_or_else(|| match SHARED_THREADS.load(Ordering::Relaxed) {
+        0 => state().lock().map(|p| p.threads).unwrap_or(1),
+        n => n,
+    })
+}
+
+/// Resizes the shared pool (waits for a running job to finish first).
+pub fn set_num_threads(threads: usize) -> Result<()> {
+    check_threads(threads)?;
     let mut p = state()
         .lock()
         .map_err(|_| Error::Internal("thread pool lock poisoned".into()))?;
     if p.threads != threads {
         p.shutdown();
         *p = Pool::new(threads);
+        SHARED_THREADS.store(threads, Ordering::Relaxed);
     }
     Ok(())
+}
+
+fn check_threads(threads: usize) -> Result<()> {
+    if threads == 0 || threads > 1024 {
+        return Err(Error::Unsupported(format!(
+            "num_threads must be between 1 and 1024, got {threads}"
+        )));
+    }
+    Ok(())
+}
+
+/// Gives the calling thread a pool of its own: the kernels it calls from now on run
+/// on `threads` threads (itself and `threads - 1` helpers, which inherit its CPU
+/// affinity; 1: on itself alone) instead of the shared pool. `None` goes back to the
+/// shared pool; the thread's pool stays (its helpers asleep) until a call with another
+/// size replaces it or the thread ends, so switching back and forth is cheap. A server
+/// runs several model instances side by side this way, each on its share of the
+/// cores, so that one instance's threads never wait for another's.
+pub fn set_local_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        check_threads(n)?;
+    }
+    LOCAL.with(|l| {
+        let mut local = l.try_borrow_mut().map_err(|_| {
+            Error::Unsupported(
+                "set_local_threads cannot be called from inside a kernel task".into(),
+            )
+        })?;
+        match threads {
+            None => local.active = false,
+            Some(n) => {
+                if local.pool.as_ref().is_none_or(|p| p.threads != n) {
+                    local.pool = Some(Pool::new(n));
+                }
+                local.active = true;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The size of the calling thread's own pool (see [`set_local_threads`]) while its
+/// kernels use it.
+pub fn local_threads() -> Option<usize> {
+    LOCAL.with(|l| {
+        l.try_borrow()
+            .ok()
+            .and_then(|l| l.active_pool().map(|p| p.threads))
+    })
 }
 
 /// A raw pointer handed to `parallel_for` tasks that write disjoint parts of its buffer
@@ -221,24 +308,60 @@ unsafe impl<T: Send> Sync for SendPtr<T> {}
 /// helpers. One job runs at a time: a call made while another thread's job is
 /// running (several Python threads at once) runs its tasks inline.
 pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
-    if tasks <= 1 {
+    if tasks <= 1 || IN_TASK.get() {
         (0..tasks).for_each(f);
         return;
     }
-    // Holding the pool lock for the whole job serialises jobs and keeps the pool
-    // from being resized under them.
-    let pool = match state().try_lock() {
-        Ok(p) if p.threads > 1 && !p.workers.is_empty() => p,
-        _ => {
+    let f: &(dyn Fn(usize) + Sync) = &f;
+    let ran_locally = LOCAL.with(|l| match l.try_borrow() {
+        Ok(local) => match local.active_pool() {
+            Some(pool) if !pool.workers.is_empty() => {
+                if let Some(p) = run_job(pool, tasks, f) {
+                    resume_unwind(p);
+                }
+                true
+            }
+            Some(_) => {
+                (0..tasks).for_each(f);
+                true
+            }
+            None => false,
+        },
+        Err(_) => {
             (0..tasks).for_each(f);
-            return;
+            true
+        }
+    });
+    if ran_locally {
+        return;
+    }
+    // Holding the pool lock for the whole job serialises jobs and keeps the pool
+    // from being resized under them. A busy pool (or one of one thread): inline,
+    // with the lock released at once.
+    let panic = match state()
+        .try_lock()
+        .ok()
+        .filter(|p| p.threads > 1 && !p.workers.is_empty())
+    {
+        Some(pool) => run_job(&pool, tasks, f),
+        None => {
+            (0..tasks).for_each(f);
+            None
         }
     };
-    let func: &(dyn Fn(usize) + Sync + '_) = &f;
+    // Re-raised after the lock is released, so a task's panic does not poison it.
+    if let Some(p) = panic {
+        resume_unwind(p);
+    }
+}
+
+/// Publishes a job of `tasks` tasks to `pool`'s helpers, works on it too, and returns
+/// once every task has finished, with the first task's panic if one panicked.
+fn run_job(pool: &Pool, tasks: usize, f: &(dyn Fn(usize) + Sync)) -> Option<Panic> {
     // SAFETY: lifetime erasure (see `Job`); this function waits for `done == tasks`
     // below before `f` goes out of scope, also when a task panics.
     let func: *const TaskFn =
-        unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static TaskFn>(func) };
+        unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static TaskFn>(f) };
     let job = Arc::new(Job {
         func,
         tasks,
@@ -253,7 +376,9 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
     if let Ok(_guard) = pool.shared.sleep.lock() {
         pool.shared.wake.notify_all();
     }
+    IN_TASK.set(true);
     job.work();
+    IN_TASK.set(false);
     // The helpers are finishing their last tasks: poll briefly, then yield, so that a
     // helper preempted by another thread of the process (the server's event loop, a
     // tokenizer) gets the core back instead of this thread spinning through its slice.
@@ -269,11 +394,7 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
     if let Ok(mut current) = pool.shared.current.lock() {
         *current = None;
     }
-    drop(pool);
-    let panic = job.panic.lock().ok().and_then(|mut p| p.take());
-    if let Some(p) = panic {
-        resume_unwind(p);
-    }
+    job.panic.lock().ok().and_then(|mut p| p.take())
 }
 
 #[cfg(test)]
@@ -297,5 +418,68 @@ mod tests {
             sum.fetch_add(i, Ordering::Relaxed);
         });
         assert_eq!(sum.load(Ordering::Relaxed), 45);
+    }
+
+    #[test]
+    fn a_thread_of_its_own_pool_runs_every_task_and_nested_calls_inline() {
+        std::thread::spawn(|| {
+            assert_eq!(local_threads(), None);
+            for threads in [1, 3, 1] {
+                set_local_threads(Some(threads)).unwrap();
+                assert_eq!(local_threads(), Some(threads));
+                assert_eq!(num_threads(), threads);
+                let hits: Vec<AtomicUsize> = (0..257).map(|_| AtomicUsize::new(0)).collect();
+                let inner = AtomicUsize::new(0);
+                parallel_for(hits.len(), |i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                    if i % 64 == 0 {
+                        // Nested: runs inline on whichever thread runs task i.
+                        parallel_for(4, |_| {
+                            inner.fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                assert_eq!(inner.load(Ordering::Relaxed), 5 * 4);
+                let r = catch_unwind(|| parallel_for(16, |i| assert!(i != 7, "task 7 fails")));
+                assert!(r.is_err());
+            }
+            set_local_threads(None).unwrap();
+            assert_eq!(local_threads(), None);
+            assert!(set_local_threads(Some(0)).is_err());
+            assert!(set_local_threads(Some(1025)).is_err());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn reading_the_thread_count_does_not_wait_for_a_running_job() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        // One thread's task waits until another thread has read num_threads() (and run
+        // kernels of its own) while that job holds the shared pool; before the count sat
+        // beside the pool, under its lock, the reader waited for the job to end.
+        let (tx, rx) = channel::<usize>();
+        let rx = Mutex::new(rx);
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let n = num_threads();
+            let sum = AtomicUsize::new(0);
+            parallel_for(8, |i| {
+                sum.fetch_add(i, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), 28);
+            tx.send(n).unwrap();
+        });
+        let got = Mutex::new(None);
+        parallel_for(2, |i| {
+            if i == 0 {
+                let n = rx.lock().unwrap().recv_timeout(Duration::from_secs(20));
+                *got.lock().unwrap() = Some(n.is_ok());
+            }
+        });
+        reader.join().unwrap();
+        assert_eq!(*got.lock().unwrap(), Some(true));
     }
 }
