@@ -256,6 +256,58 @@ def test_32_clients_all_answered_and_memory_returns(minilm_dir: Path) -> None:
         assert after <= 1.10 * warm, f"resident memory {warm / 2**20:.1f} MiB after warm-up, {after / 2**20:.1f} MiB after the burst"
 
 
+def test_instances_share_the_queue_and_answer_as_one_model_does(minilm_dir: Path) -> None:
+    # Two instances of one encoder take turns at the queue; each runs on a pool of its own (one
+    # thread: the machine's threads split in two) while the other is busy, pinned to CPUs of
+    # its own; every request gets what the model gives it alone.
+    import os
+    import threading
+
+    from rtserve.server.batcher import EmbedBatcher, instance_cpus
+
+    model = rt.load(minilm_dir)
+    texts = [" ".join(f"w{(i * 7 + j) % 31}" for j in range(1 + (i * 5) % 40)) for i in range(48)]
+    expected = model.embed(texts)
+    seen: list[tuple[str, int | None, frozenset[int]]] = []
+    lock = threading.Lock()
+
+    def run(items, on_rows=None):  # type: ignore[no-untyped-def]
+        with lock:
+            seen.append((threading.current_thread().name, rt.local_threads(), frozenset(os.sched_getaffinity(0))))
+        return model.embed_encoded(items, on_rows=on_rows)
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = EmbedBatcher("m", run, tokenize=model.tokenizer.encode_each, instances=2, threads=2, pin=True)
+        try:
+            answers = await asyncio.gather(*(batcher.submit_texts([t]) for t in texts))
+        finally:
+            batcher.stop()
+            await batcher.wait_stopped()
+        return [vectors for vectors, _ in answers]
+
+    got = np.concatenate(asyncio.run(scenario()))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    names = {name for name, _, _ in seen}
+    assert names == {"rtserve-batcher-m-0", "rtserve-batcher-m-1"}, seen
+    # A batch that starts while the other instance is busy runs on the instance's own pool.
+    assert {local for _, local, _ in seen} <= {None, 1} and 1 in {local for _, local, _ in seen}, seen
+    cpus = instance_cpus(2, 1)
+    if cpus is not None:  # two CPUs or more: each instance on one of its own
+        by_name = {name: affinity for name, _, affinity in seen}
+        assert sorted(map(sorted, by_name.values())) == sorted(map(sorted, cpus)), by_name
+
+
+def test_serve_rejects_zero_instances() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "rtserve", "serve", str(BERT), "--instances", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "--instances must be at least 1" in done.stderr
+
+
 def test_embedding_requests_are_answered_as_their_rows_finish() -> None:
     # A batch's first requests get their vectors while the rest of the model call still runs.
     import threading

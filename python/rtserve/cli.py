@@ -170,6 +170,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="embedding requests are batched per model up to this many tokens (default 8192)",
     )
     serve.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help="encoder instances per model on the CPU, each running its own batches on its share of "
+        "the threads (default: 2 when RTSERVE_NUM_THREADS is 2 or more, else 1)",
+    )
+    serve.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin each encoder instance to CPUs of its own (pinned by default when there are "
+        "several)",
+    )
+    serve.add_argument(
         "--max-queue",
         type=int,
         default=256,
@@ -303,6 +317,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for flag in ("max_request_bytes", "max_batch_tokens", "max_queue", "max_batch_sequences", "max_input_tokens"):
         if getattr(args, flag) < 1:
             raise _UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.instances is not None and args.instances < 1:
+        raise _UsageError("--instances must be at least 1")
     if args.idle_unload is not None and args.idle_unload <= 0:
         raise _UsageError("--idle-unload must be a positive number of seconds")
     if args.shutdown_timeout < 0:
@@ -337,6 +353,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch_sequences=args.max_batch_sequences,
         max_input_tokens=args.max_input_tokens,
         idle_unload=args.idle_unload,
+        instances=args.instances,
+        pin=args.pin,
     )
     if not args.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         _progress_to_stderr(f"warning: listening on {args.host} with no API key; anyone who can reach it can use it")

@@ -43,6 +43,8 @@ def create_app(
     max_batch_sequences: int = DEFAULT_MAX_SEQUENCES,
     max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
     idle_unload: float | None = None,
+    instances: int | None = None,
+    pin: bool = True,
 ) -> Starlette:
     """The server app over ``registry``; with ``api_key``, requests need ``Authorization: Bearer KEY``.
 
@@ -51,8 +53,11 @@ def create_app(
     ``max_batch_sequences`` sequences per step (continuous batching). A request may bring
     ``max_input_tokens`` tokens (all its inputs or prompts together); more gets 400. ``GET /metrics``: Prometheus text.
     With ``idle_unload`` (seconds), a model with no request for that long is unloaded; its
-    next request loads it again.
+    next request loads it again. An encoder on the CPU runs as ``instances`` model instances
+    (default :func:`~.batcher.default_instances`), each pinned to CPUs of its own with ``pin``.
     """
+    if instances is not None and instances < 1:
+        raise ValueError(f"instances must be at least 1, got {instances}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -83,6 +88,8 @@ def create_app(
     app.state.max_batch_sequences = max_batch_sequences
     app.state.max_input_tokens = max_input_tokens
     app.state.idle_unload = idle_unload
+    app.state.instances = instances
+    app.state.pin = pin
     app.state.metrics = Metrics()
     if api_key:
         app.add_middleware(_ApiKey, api_key=api_key)

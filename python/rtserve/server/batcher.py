@@ -1,20 +1,30 @@
-"""Embedding micro-batching: per encoder model, one queue and one worker thread.
+"""Embedding micro-batching: per encoder model, one queue and one or more model instances.
 
-Requests put their texts (or token ids) on the model's queue; the worker takes the waiting
-requests in order while their tokens fit ``max_batch_tokens`` (always at least one; texts
-count by an estimate from their length until tokenized) and runs them as one call in a
-worker thread: the texts of all its requests tokenized in one batch call, then run as
+Requests put their texts (or token ids) on the model's queue; an instance's worker thread
+takes the waiting requests in order while their tokens fit ``max_batch_tokens`` (always at
+least one; texts count by an estimate from their length until tokenized; with several
+instances, at most its share of the waiting requests) and runs them as one call: the texts
+of all its requests tokenized in one batch call, then run as
 ``EncoderModel.embed_encoded`` does (packed with no padding on the CPU, else sorted by length
 and cut into buckets whose padded size fits the budget), pooled and normalized. Each request
 gets its own rows (and its tokenized inputs, for usage counts) back. Tokenizing in the batch
 saves each request a round trip to a worker thread (and measured faster than tokenizing
 small requests on the event loop as they arrive, which takes its time from the model's
 threads). More than ``max_queue`` waiting requests: 429 with ``Retry-After: 1``.
+
+**Instances** (as Triton's instance groups): ``instances`` worker threads share the model's
+weights and each runs its own batches, side by side. Each has its share of the runtime's
+threads (``rt.set_local_threads``), on its own CPUs when ``pin`` is set, so under load no
+instance's threads wait for another's: with one instance on all threads, every time the
+event loop or a tokenizer took a core, the partner thread of each parallel kernel waited for
+the preempted one. An instance that finds the others idle runs its batch on the shared pool
+(all the threads), so a lone request is not slowed by the split.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +33,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from .._core import num_threads, set_local_threads
 from ..tokenizer import Encoded
 from . import memory
 from .errors import ApiError
@@ -54,13 +65,33 @@ def estimate_tokens(text: str, max_length: int) -> int:
     return min(len(text) // 4 + 2, max_length)
 
 
+def default_instances() -> int:
+    """Model instances per encoder when not asked for: 2 where the runtime has 2 or more
+    threads (each instance then gets half of them), else 1."""
+    return 2 if num_threads() >= 2 else 1
+
+
+def instance_cpus(instances: int, threads: int) -> list[set[int]] | None:
+    """Disjoint CPU sets, ``threads`` CPUs each, for ``instances`` instances out of the CPUs
+    this process may use; None where there are too few CPUs or no affinity control."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if instances * threads > len(cpus):
+        return None
+    return [set(cpus[i * threads : (i + 1) * threads]) for i in range(instances)]
+
+
 class EmbedBatcher(QueueWorker[_Job]):
-    """Batches :meth:`submit` calls into ``run(items)`` calls, one at a time, in a worker thread.
+    """Batches :meth:`submit` calls into ``run(items)`` calls, in ``instances`` worker threads.
 
     ``run(items, on_rows)`` takes a list of :class:`Encoded` and returns one vector per item,
     calling ``on_rows(rows, out)`` as parts of it finish (see ``EncoderModel.embed_encoded``;
     a ``run`` that never calls it answers every request at the end). ``observe``
     (optional) is called with (requests, inputs, tokens) of each batch, for metrics.
+    With ``instances`` > 1, each worker thread runs its batches on ``threads // instances``
+    threads of its own while another instance is busy (``threads``: the runtime's, by
+    default), pinned to CPUs of its own with ``pin`` (Linux).
     """
 
     kind = "batcher"
@@ -76,19 +107,36 @@ class EmbedBatcher(QueueWorker[_Job]):
         max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
         max_queue: int = DEFAULT_MAX_QUEUE,
         observe: Callable[[int, int, int], None] | None = None,
+        instances: int = 1,
+        threads: int | None = None,
+        pin: bool = False,
     ) -> None:
         super().__init__(name, max_queue)
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, got {instances}")
         self.run = run
         self.tokenize = tokenize
         self.max_length = max_length
         self.max_input_tokens = max_input_tokens
         self.max_batch_tokens = max_batch_tokens
         self.observe = observe
-        self.busy = False
+        self.instances = instances
+        # Read here, on a thread that is not pinned: the first read makes the shared pool, whose
+        # helper threads would otherwise inherit a pinned instance's CPUs.
+        total = num_threads() if threads is None else threads
+        self.instance_threads = max(1, total // instances)
+        self._cpus = instance_cpus(instances, self.instance_threads) if pin and instances > 1 else None
+        #: instances running a batch now
+        self._running = 0
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread | None] = [None] * instances
 
-    # The worker is a thread of its own, not a task of the event loop: when a model call ends
+    @property
+    def busy(self) -> bool:
+        """Whether an instance is running a batch."""
+        return self._running > 0
+
+    # The workers are threads of their own, not tasks of the event loop: when a model call ends
     # the next one starts at once with the requests that queued meanwhile, instead of waiting
     # for the event loop to get round to the worker while it sends the last call's responses.
 
@@ -99,9 +147,13 @@ class EmbedBatcher(QueueWorker[_Job]):
             self._cond.notify()
 
     def _ensure_worker(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._serve, name=f"rtserve-batcher-{self.name}", daemon=True)
-            self._thread.start()
+        for index, thread in enumerate(self._threads):
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(
+                    target=self._serve, args=(index,), name=f"rtserve-batcher-{self.name}-{index}", daemon=True
+                )
+                self._threads[index] = thread
+                thread.start()
 
     def stop(self) -> None:
         """Refuses new requests (503); the thread ends once the waiting ones have run."""
@@ -110,9 +162,9 @@ class EmbedBatcher(QueueWorker[_Job]):
             self._cond.notify_all()
 
     async def wait_stopped(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            await run_in_threadpool(thread.join)
+        for thread in self._threads:
+            if thread is not None and thread.is_alive():
+                await run_in_threadpool(thread.join)
 
     async def submit(self, items: list[Encoded]) -> np.ndarray:
         """The vectors of tokenized ``items`` [len(items), dim]; 429 ApiError when the queue is full."""
@@ -190,16 +242,32 @@ class EmbedBatcher(QueueWorker[_Job]):
         return self.run([item for job in jobs for item in job.items or ()], on_rows)
 
     def _take(self) -> list[_Job]:
+        # With several instances, one takes its share of what waits (not all of it), so the
+        # requests that arrive while they compute find work queued for the next to finish.
+        share = -(-len(self._waiting) // self.instances)
         jobs = [self._waiting.popleft()]
         tokens = jobs[0].tokens
-        while self._waiting and tokens + self._waiting[0].tokens <= self.max_batch_tokens:
+        while self._waiting and len(jobs) < share and tokens + self._waiting[0].tokens <= self.max_batch_tokens:
             job = self._waiting.popleft()
             tokens += job.tokens
             jobs.append(job)
         return [job for job in jobs if not job.future.done()]  # done: the client went away
 
-    def _serve(self) -> None:
-        """The worker thread: takes the waiting requests, runs them, answers on their loops."""
+    def _start_instance(self, index: int) -> None:
+        """In instance ``index``'s thread: its CPUs, and its own pool (made now, so that its
+        helper threads inherit the CPUs)."""
+        if self._cpus is not None:
+            try:
+                os.sched_setaffinity(threading.get_native_id(), self._cpus[index])
+            except OSError:  # not allowed here (a container's cpuset): run unpinned
+                pass
+        set_local_threads(self.instance_threads)
+        set_local_threads(None)
+
+    def _serve(self, index: int = 0) -> None:
+        """A worker thread: takes the waiting requests, runs them, answers on their loops."""
+        if self.instances > 1:
+            self._start_instance(index)
         while True:
             with self._cond:
                 while not self._waiting and not self.closing:
@@ -207,17 +275,23 @@ class EmbedBatcher(QueueWorker[_Job]):
                 if not self._waiting:
                     return
                 jobs = self._take()
-                self.busy = bool(jobs)
-            if not jobs:
-                continue
+                alone = self._running == 0
+                self._running += 1
+                if self._waiting:  # its share taken: the next idle instance takes more
+                    self._cond.notify()
             try:
+                if not jobs:
+                    continue
+                if self.instances > 1:
+                    set_local_threads(None if alone else self.instance_threads)
                 vectors = self._run_jobs(jobs)
             except Exception as error:  # the model failed: the requests not answered yet hear it
                 for job in jobs:
                     _post(job, _fail, error)
                 continue
             finally:
-                self.busy = False
+                with self._cond:
+                    self._running -= 1
             if self.observe is not None:
                 self.observe(len(jobs), len(vectors), sum(job.tokens for job in jobs))
             start = 0
@@ -226,7 +300,7 @@ class EmbedBatcher(QueueWorker[_Job]):
                 _post(job, _answer, vectors[start:end])
                 start = end
             del vectors
-            if not self._waiting:  # drained: hand the batch's freed memory back
+            if not self._waiting and not self._running:  # drained: hand the batch's freed memory back
                 _post(jobs[-1], lambda _future, _: memory.trim(), None)
 
 
@@ -303,6 +377,8 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
             if metrics is not None:
                 metrics.observe_batch(name, inputs, tokens)
 
+        instances = getattr(state, "instances", None)
+        on_cpu = getattr(model, "device", "cpu") == "cpu"
         entry.batcher = EmbedBatcher(
             name,
             lambda items, on_rows=None: model.embed_encoded(items, max_batch_tokens=max_batch_tokens, on_rows=on_rows),
@@ -312,6 +388,9 @@ def batcher_for(state: Any, entry: Any, model: Any) -> EmbedBatcher:
             max_input_tokens=getattr(state, "max_input_tokens", DEFAULT_MAX_INPUT_TOKENS),
             max_queue=getattr(state, "max_queue", DEFAULT_MAX_QUEUE),
             observe=observe,
+            # other devices run one instance: their runs are not split across CPU threads
+            instances=(default_instances() if instances is None else instances) if on_cpu else 1,
+            pin=getattr(state, "pin", True),
         )
         entry.batcher.owner = model
     batcher: EmbedBatcher = entry.batcher
