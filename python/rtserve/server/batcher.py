@@ -3,7 +3,7 @@
 Requests put their texts (or token ids) on the model's queue; an instance's worker thread
 takes the waiting requests in order while their tokens fit ``max_batch_tokens`` (always at
 least one; texts count by an estimate from their length until tokenized; with several
-instances, at most its share of the waiting requests) and runs them as one call: the texts
+instances and :data:`JOIN_DEPTH` or more waiting, at most its share of them) and runs them as one call: the texts
 of all its requests tokenized in one batch call, then run as
 ``EncoderModel.embed_encoded`` does (packed with no padding on the CPU, else sorted by length
 and cut into buckets whose padded size fits the budget), pooled and normalized. Each request
@@ -43,6 +43,9 @@ DEFAULT_MAX_BATCH_TOKENS = 8192
 DEFAULT_MAX_QUEUE = 256
 #: tokens one request may bring (all its inputs together); more: 400 with the numbers
 DEFAULT_MAX_INPUT_TOKENS = 131072
+#: requests that must be waiting before an instance other than the first takes any: below
+#: that, one instance on all the threads keeps up and splitting the queue only starves both
+JOIN_DEPTH = 8
 
 
 @dataclass
@@ -128,7 +131,11 @@ class EmbedBatcher(QueueWorker[_Job]):
         self._cpus = instance_cpus(instances, self.instance_threads) if pin and instances > 1 else None
         #: instances running a batch now
         self._running = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # One condition per instance, so a request wakes the lowest-numbered idle instance:
+        # under light load one instance (its caches warm) takes every batch, not each in turn.
+        self._wake = [threading.Condition(self._lock) for _ in range(instances)]
+        self._idle = [False] * instances
         self._threads: list[threading.Thread | None] = [None] * instances
 
     @property
@@ -142,9 +149,22 @@ class EmbedBatcher(QueueWorker[_Job]):
 
     def _push(self, job: _Job) -> None:
         job.loop = asyncio.get_running_loop()
-        with self._cond:
+        with self._lock:
             self._waiting.append(job)
-            self._cond.notify()
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Wakes the lowest-numbered idle instance that may take the waiting requests (the
+        lock held)."""
+        for index, idle in enumerate(self._idle):
+            if idle and self._may_take(index):
+                self._wake[index].notify()
+                return
+
+    def _may_take(self, index: int) -> bool:
+        """Whether instance ``index`` takes requests now: the first whenever some wait, the
+        others once :data:`JOIN_DEPTH` wait (the lock held)."""
+        return len(self._waiting) >= (1 if index == 0 else JOIN_DEPTH)
 
     def _ensure_worker(self) -> None:
         for index, thread in enumerate(self._threads):
@@ -157,9 +177,10 @@ class EmbedBatcher(QueueWorker[_Job]):
 
     def stop(self) -> None:
         """Refuses new requests (503); the thread ends once the waiting ones have run."""
-        with self._cond:
+        with self._lock:
             self.closing = True
-            self._cond.notify_all()
+            for wake in self._wake:
+                wake.notify_all()
 
     async def wait_stopped(self) -> None:
         for thread in self._threads:
@@ -242,9 +263,10 @@ class EmbedBatcher(QueueWorker[_Job]):
         return self.run([item for job in jobs for item in job.items or ()], on_rows)
 
     def _take(self) -> list[_Job]:
-        # With several instances, one takes its share of what waits (not all of it), so the
-        # requests that arrive while they compute find work queued for the next to finish.
-        share = -(-len(self._waiting) // self.instances)
+        # With several instances and enough waiting for them, one takes its share (not all of
+        # it), so the requests that arrive while they compute find work queued for the next.
+        waiting = len(self._waiting)
+        share = -(-waiting // self.instances) if waiting >= JOIN_DEPTH else waiting
         jobs = [self._waiting.popleft()]
         tokens = jobs[0].tokens
         while self._waiting and len(jobs) < share and tokens + self._waiting[0].tokens <= self.max_batch_tokens:
@@ -269,16 +291,19 @@ class EmbedBatcher(QueueWorker[_Job]):
         if self.instances > 1:
             self._start_instance(index)
         while True:
-            with self._cond:
-                while not self._waiting and not self.closing:
-                    self._cond.wait()
+            with self._lock:
+                self._idle[index] = True
+                while not self.closing and not self._may_take(index):
+                    self._wake[index].wait()
+                self._idle[index] = False
                 if not self._waiting:
                     return
                 jobs = self._take()
-                alone = self._running == 0
+                # all threads only for a batch no other instance runs beside (nothing left waiting)
+                alone = self._running == 0 and not self._waiting
                 self._running += 1
                 if self._waiting:  # its share taken: the next idle instance takes more
-                    self._cond.notify()
+                    self._wake_one()
             try:
                 if not jobs:
                     continue
@@ -290,7 +315,7 @@ class EmbedBatcher(QueueWorker[_Job]):
                     _post(job, _fail, error)
                 continue
             finally:
-                with self._cond:
+                with self._lock:
                     self._running -= 1
             if self.observe is not None:
                 self.observe(len(jobs), len(vectors), sum(job.tokens for job in jobs))
