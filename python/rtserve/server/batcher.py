@@ -3,8 +3,8 @@
 Requests put their texts (or token ids) on the model's queue; an instance's worker thread
 takes the waiting requests in order while their tokens fit ``max_batch_tokens`` (always at
 least one; texts count by an estimate from their length until tokenized; with several
-instances and :data:`JOIN_DEPTH` or more waiting, at most its share of them) and runs them as one call: the texts
-of all its requests tokenized in one batch call, then run as
+instances and :data:`JOIN_DEPTH` or more waiting, at most its share of them) and runs them as
+one call: the texts of all its requests tokenized in one batch call, then run as
 ``EncoderModel.embed_encoded`` does (packed with no padding on the CPU, else sorted by length
 and cut into buckets whose padded size fits the budget), pooled and normalized. Each request
 gets its own rows (and its tokenized inputs, for usage counts) back. Tokenizing in the batch
@@ -17,8 +17,9 @@ weights and each runs its own batches, side by side. Each has its share of the r
 threads (``rt.set_local_threads``), on its own CPUs when ``pin`` is set, so under load no
 instance's threads wait for another's: with one instance on all threads, every time the
 event loop or a tokenizer took a core, the partner thread of each parallel kernel waited for
-the preempted one. An instance that finds the others idle runs its batch on the shared pool
-(all the threads), so a lone request is not slowed by the split.
+the preempted one. A batch that no other instance runs beside (none busy, none waiting) runs on
+the shared pool (all the threads), so a lone request is not slowed by the split; instances
+other than the first wait until :data:`JOIN_DEPTH` requests do.
 """
 
 from __future__ import annotations
