@@ -314,11 +314,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import ModelRegistry, create_app
 
-    for flag in ("max_request_bytes", "max_batch_tokens", "max_queue", "max_batch_sequences", "max_input_tokens"):
-        if getattr(args, flag) < 1:
+    counts = ("max_request_bytes", "max_batch_tokens", "max_queue", "max_batch_sequences", "max_input_tokens", "instances")
+    for flag in counts:
+        value = getattr(args, flag)
+        if value is not None and value < 1:  # None: --instances not given
             raise _UsageError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.instances is not None and args.instances < 1:
-        raise _UsageError("--instances must be at least 1")
     if args.idle_unload is not None and args.idle_unload <= 0:
         raise _UsageError("--idle-unload must be a positive number of seconds")
     if args.shutdown_timeout < 0:

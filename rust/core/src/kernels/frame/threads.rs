@@ -193,7 +193,7 @@ fn state() -> &'static Mutex<Pool> {
 }
 
 /// The shared pool's size, kept beside it so that reading it never waits for the
-/// pool's lock (held for the whole of a running job). 0: the pool is not made yet.
+/// pool's lock (held for the whole of a running job). Set when `state()` makes the pool.
 static SHARED_THREADS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
@@ -220,9 +220,9 @@ impl Local {
 /// Threads kernels called from this thread may use: its own pool's size if
 /// [`set_local_threads`] made it active, else the shared pool's.
 pub fn num_threads() -> usize {
-    local_threads().unwrap_or_else(|| match SHARED_THREADS.load(Ordering::Relaxed) {
-        0 => state().lock().map(|p| p.threads).unwrap_or(1),
-        n => n,
+    local_threads().unwrap_or_else(|| {
+        state(); // makes the pool (and sets its size) on first use
+        SHARED_THREADS.load(Ordering::Relaxed)
     })
 }
 
@@ -313,42 +313,21 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
         return;
     }
     let f: &(dyn Fn(usize) + Sync) = &f;
-    let ran_locally = LOCAL.with(|l| match l.try_borrow() {
-        Ok(local) => match local.active_pool() {
-            Some(pool) if !pool.workers.is_empty() => {
-                if let Some(p) = run_job(pool, tasks, f) {
-                    resume_unwind(p);
-                }
-                true
-            }
-            Some(_) => {
-                (0..tasks).for_each(f);
-                true
-            }
-            None => false,
-        },
-        Err(_) => {
-            (0..tasks).for_each(f);
-            true
-        }
+    let on_local = LOCAL.with(|l| {
+        let local = l.try_borrow().ok()?;
+        local.active_pool().map(|pool| run_job(pool, tasks, f))
     });
-    if ran_locally {
-        return;
-    }
-    // Holding the pool lock for the whole job serialises jobs and keeps the pool
-    // from being resized under them. A busy pool (or one of one thread): inline,
-    // with the lock released at once.
-    let panic = match state()
-        .try_lock()
-        .ok()
-        .filter(|p| p.threads > 1 && !p.workers.is_empty())
-    {
+    // Else the shared pool. Holding its lock for the whole job serialises jobs and keeps
+    // it from being resized under them. A busy pool, or one without helpers: inline, with
+    // the lock released at once.
+    let shared = || state().try_lock().ok().filter(|p| !p.workers.is_empty());
+    let panic = on_local.unwrap_or_else(|| match shared() {
         Some(pool) => run_job(&pool, tasks, f),
         None => {
             (0..tasks).for_each(f);
             None
         }
-    };
+    });
     // Re-raised after the lock is released, so a task's panic does not poison it.
     if let Some(p) = panic {
         resume_unwind(p);
@@ -357,7 +336,12 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Send + Sync) {
 
 /// Publishes a job of `tasks` tasks to `pool`'s helpers, works on it too, and returns
 /// once every task has finished, with the first task's panic if one panicked.
+/// A pool without helpers (one thread) runs the tasks inline.
 fn run_job(pool: &Pool, tasks: usize, f: &(dyn Fn(usize) + Sync)) -> Option<Panic> {
+    if pool.workers.is_empty() {
+        (0..tasks).for_each(f);
+        return None;
+    }
     // SAFETY: lifetime erasure (see `Job`); this function waits for `done == tasks`
     // below before `f` goes out of scope, also when a task panics.
     let func: *const TaskFn =
