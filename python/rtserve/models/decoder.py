@@ -105,9 +105,8 @@ class Sequence:
         self._rng = params.rng()
         self._emitted = ""  # text handed out so far
         self._final: str | None = None
-        # Incremental detokenization (see _decoded): the first `_settled` generated ids
-        # decode to `_settled_text`; ids `_window:_settled` decode to `_head`.
-        self._settled = 0
+        # Incremental detokenization (see _decoded): the generated ids settled so far decode
+        # to `_settled_text`; those from `_window` on decode to `_head`.
         self._settled_text = ""
         self._window = 0
         self._head = ""
@@ -182,7 +181,7 @@ class Sequence:
         else:
             full = tokenizer.decode(ids, skip_special_tokens=True)
         if not full.endswith("\ufffd") and not (ids and ids[-1] in tokenizer.byte_token_ids):
-            self._settled, self._settled_text = len(ids), full
+            self._settled_text = full
             self._window = max(0, len(ids) - DETOKENIZE_CONTEXT)
             self._head = tokenizer.decode(ids[self._window :], skip_special_tokens=True)
         return full
