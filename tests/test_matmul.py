@@ -195,7 +195,7 @@ def test_prepacked_weights_deeper_than_one_block(isa, m):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("k,n", [(131, 45), (1000, 77), (768, 3072), (257, 1)])
+@pytest.mark.parametrize("k,n", [(131, 45), (1000, 77), (768, 3072), (257, 1), (300, 100)])
 def test_one_row_over_row_major_b_split_by_rows(isa, threads, k, n):
     """1 x K @ K x N with B row-major (numpy's x @ W): on AVX-512 the threads split B's rows
     (partial rows added), with a bias and an activation on top through linear(x, w.T)."""

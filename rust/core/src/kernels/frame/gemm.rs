@@ -173,7 +173,7 @@ pub fn weights_outgrow_cache() -> bool {
 }
 
 /// The largest cache of cpu0 (Linux sysfs), else 32 MiB.
-fn last_level_cache_bytes() -> usize {
+pub(crate) fn last_level_cache_bytes() -> usize {
     static BYTES: OnceLock<usize> = OnceLock::new();
     *BYTES.get_or_init(|| {
         let sizes = (0..8).filter_map(|i| {

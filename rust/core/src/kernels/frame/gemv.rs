@@ -12,7 +12,9 @@ use half::bf16;
 use crate::error::{Error, Result};
 use crate::kernels::dispatch::{isa, Isa};
 use crate::kernels::frame::epilogue::{apply_tile, Epilogue};
-use crate::kernels::frame::gemm::{weights_outgrow_cache, BSource, COut, KernelKind, PackedB};
+use crate::kernels::frame::gemm::{
+    last_level_cache_bytes, weights_outgrow_cache, BSource, COut, KernelKind, PackedB,
+};
 use crate::kernels::frame::pack::{MatRef, WeightElement};
 use crate::kernels::frame::prefetch;
 use crate::kernels::frame::threads::{num_threads, parallel_for};
@@ -29,6 +31,10 @@ struct Job<'a> {
     out: COut,
     /// Stream pre-packed weights with a non-temporal hint (`gemm::weights_outgrow_cache`).
     once: bool,
+    /// One row of A over a row-major f32 B that fits in half the last-level cache (so it
+    /// stays there between calls): the AVX-512 kernel reads it as two streams, not eight.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    kn_cached: bool,
 }
 
 /// Rows of B consumed per sweep over the columns: that many sequential streams.
@@ -334,7 +340,7 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
     match form {
         // SAFETY: as above, B row-major with row stride b.rs.
         Form::KnF32(b) if b.rs > 0 => unsafe {
-            avx512_gemv_kn_f32(&stream(b.ptr.cast(), b.rs), j0, j1)
+            avx512_gemv_kn_f32(&stream(b.ptr.cast(), b.rs), j0, j1, kn_streams(job))
         },
         // SAFETY: as above, W's rows b.cs f32 apart.
         Form::NkF32(b) if b.cs > 0 => unsafe {
@@ -374,6 +380,17 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
     true
 }
 
+/// How the AVX-512 kernel streams a row-major f32 B for this job.
+#[cfg(target_arch = "x86_64")]
+fn kn_streams(job: &Job<'_>) -> crate::kernels::x86_64::avx512_gemv::KnStreams {
+    use crate::kernels::x86_64::avx512_gemv::KnStreams;
+    if job.kn_cached {
+        KnStreams::Cached
+    } else {
+        KnStreams::Memory
+    }
+}
+
 /// C[0, :] = A[0, :] · B for row-major f32 B with the rows of B split across the threads:
 /// each thread streams its own contiguous part of B (its own pages) into a partial row,
 /// and the partial rows are added. (Split by columns, both threads read every page of B,
@@ -383,6 +400,7 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
 fn k_split_kn_f32(job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
     use crate::kernels::frame::threads::SendPtr;
     use crate::kernels::x86_64::avx512_gemv::{avx512_gemv_kn_f32, StreamArgs, KN_ROWS};
+    let streams = kn_streams(job);
     let part = job.k.div_ceil(threads).next_multiple_of(KN_ROWS);
     let parts = job.k.div_ceil(part);
     let mut partial = vec![0f32; (parts - 1) * n];
@@ -407,7 +425,7 @@ fn k_split_kn_f32(job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
         // SAFETY: Avx512 is current (the caller's check); rows p0..p0+rows of B, all n
         // columns, are inside the view; A's row holds k floats from p0; C (task 0) or
         // partial row t-1 is written by this task only.
-        unsafe { avx512_gemv_kn_f32(&args, 0, n) };
+        unsafe { avx512_gemv_kn_f32(&args, 0, n, streams) };
     });
     // SAFETY: C's row 0 holds n floats, owned by this call.
     let c = unsafe { std::slice::from_raw_parts_mut(job.out.base(), n) };
@@ -495,6 +513,9 @@ pub(crate) fn gemv_with(
             ldc,
         },
         once: matches!(form, Form::Packed(_)) && weights_outgrow_cache(),
+        kn_cached: m == 1
+            && matches!(form, Form::KnF32(_))
+            && k * n * 4 <= last_level_cache_bytes() / 2,
     };
     // Split columns (or packed panels) across threads in chunks that keep SIMD strips whole.
     let (units, unit_cols) = match form {

@@ -1,8 +1,9 @@
 //! AVX-512 small-M GEMM (M ≤ 8 rows: the memory-bound decode case), one kernel per
 //! layout of B, each reading B exactly once:
-//! - `avx512_gemv_kn_f32`: row-major f32 B (numpy's `x @ W`). [`KN_ROWS`] rows of B
-//!   are consumed per sweep across a column range, accumulating into C (kept in L1/L2),
-//!   so B is read as eight sequential streams.
+//! - `avx512_gemv_kn_f32`: row-major f32 B (numpy's `x @ W`). A few rows of B are
+//!   consumed per sweep across a column range, accumulating into C (kept in L1/L2), so B
+//!   is read as that many sequential streams ([`KnStreams`]: eight from memory, two
+//!   from the last-level cache).
 //! - `avx512_gemv_packed`: pre-packed f32 or bf16 panels (a model's weights), read in
 //!   storage order with software prefetch ahead of the stream.
 //! - `avx512_gemv_nk`: weights as stored by Hugging Face (N × K, f32 or bf16): dot
@@ -42,22 +43,123 @@ macro_rules! by_rows {
     };
 }
 
-/// Rows of B that `avx512_gemv_kn_f32` reads per sweep. Eight, with each stream
-/// prefetched 512 bytes ahead, against the four rows 1 KiB ahead before (Zen 5, B in L3,
-/// alternating in one process, GFLOP/s): 1 thread 1x768x3072 53.5-54.1 vs 49.4-49.5,
-/// 1x576x1536 52.4-54.0 vs 51.6-52.2, 8x576x1536 185-187 vs 155-156; 2 threads
-/// 1x768x3072 92 vs 83-84, 3x768x3072 173-174 vs 128-133, 8x576x1536 215-218 vs 148-151,
-/// 1x576x1536 level (78-80). 16 or 12 rows spill registers (37-44 at 1x768x3072).
+/// Rows of B that `avx512_gemv_kn_f32` reads per sweep where B comes from memory
+/// ([`KnStreams::Memory`]). Eight, with each stream prefetched 512 bytes ahead, against the
+/// four rows 1 KiB ahead before (Zen 5, alternating in one process, GFLOP/s): 1 thread
+/// 1x768x3072 53.5-54.1 vs 49.4-49.5, 8x576x1536 185-187 vs 155-156; 2 threads
+/// 3x768x3072 173-174 vs 128-133, 8x576x1536 215-218 vs 148-151. 16 or 12 rows spill
+/// registers (37-44 at 1x768x3072). From DRAM (4096x4096, 64 MiB), eight streams read
+/// 47 GB/s against 35-40 for two.
 pub const KN_ROWS: usize = 8;
 
-/// C[0..m, n0..n1] = A · B[0..k, n0..n1] for row-major f32 B.
+/// How `avx512_gemv_kn_f32` streams B.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum KnStreams {
+    /// [`KN_ROWS`] rows per sweep, each prefetched 512 bytes ahead: the most memory-level
+    /// parallelism, for B from DRAM and for several rows of A.
+    Memory,
+    /// One row of A over a B that stays in the last-level cache between calls: B read in
+    /// storage order, one row at a time (an axpy into C, which stays in L1), 64 floats per
+    /// step, each line prefetched 1.5 KiB ahead. One stream keeps more of L3's bandwidth
+    /// than eight (Zen 5, one thread, B in L3, a standalone loop over the variants in turns,
+    /// GFLOP/s, B 64-byte aligned / not): 768x3072 63.2 / 61.6 vs 57.1 / 54.6 for eight
+    /// rows, 576x1536 64.3 / 62.7 vs 60.0 / 55.9; a plain sum over the same bytes reads at
+    /// 65.5 / 61.1 (and two, three or four rows per sweep ran 52-60). From DRAM it loses
+    /// (4096x4096: 17-19 vs 23).
+    Cached,
+}
+
+/// C[0..m, n0..n1] = A · B[0..k, n0..n1] for row-major f32 B, streaming B as `streams` says.
 ///
 /// # Safety
 /// The CPU supports AVX-512F + FMA; `a` holds m*k floats; B (f32) rows 0..k and columns
 /// n0..n1 are readable; C rows 0..m and columns n0..n1 are writable and not accessed by
 /// anyone else during the call.
 #[target_feature(enable = "avx512f,fma")]
-pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
+pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize, streams: KnStreams) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match streams {
+            KnStreams::Memory => kn_f32::<KN_ROWS, 128>(args, n0, n1),
+            KnStreams::Cached if args.m == 1 => kn_f32_one_row(args, n0, n1),
+            KnStreams::Cached => kn_f32::<KN_ROWS, 128>(args, n0, n1),
+        }
+    }
+}
+
+/// `avx512_gemv_kn_f32` for one row of A ([`KnStreams::Cached`]): C[0, n0..n1] += a[p] ·
+/// B[p, n0..n1] for p in order.
+///
+/// # Safety
+/// As `avx512_gemv_kn_f32`, with m == 1.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn kn_f32_one_row(args: &StreamArgs, n0: usize, n1: usize) {
+    /// Floats per step (four vectors, four lines of B).
+    const W: usize = 64;
+    /// Floats ahead of the stream that each step prefetches (1.5 KiB).
+    const AHEAD: usize = 384;
+    let StreamArgs { k, a, ldb, c, .. } = *args;
+    let b = args.b.cast::<f32>();
+    let width = n1 - n0;
+    let full = width / W * W;
+    let vec_end = width / 16 * 16;
+    // Lanes of the last, partial vector (none when width is a multiple of 16).
+    let tail: __mmask16 = (1u32 << (width - vec_end)).wrapping_sub(1) as __mmask16;
+    // SAFETY: C[0, n0..n1] is writable (the caller's contract).
+    let y = unsafe { c.add(n0) };
+    // SAFETY: as above.
+    unsafe { std::ptr::write_bytes(y, 0, width) };
+    for p in 0..k {
+        // SAFETY: a holds k floats; row p, columns n0..n1 of B are readable.
+        let (av, row) = unsafe { (_mm512_set1_ps(*a.add(p)), b.add(p * ldb + n0)) };
+        let mut j = 0;
+        while j < full {
+            for v in 0..W / 16 {
+                let at = j + 16 * v;
+                // Prefetches never fault, wherever they point.
+                line_at(row.wrapping_add(at + AHEAD).cast());
+                // SAFETY: at + 16 <= width: inside row p and C's columns.
+                unsafe {
+                    let acc = _mm512_fmadd_ps(
+                        av,
+                        _mm512_loadu_ps(row.add(at)),
+                        _mm512_loadu_ps(y.add(at)),
+                    );
+                    _mm512_storeu_ps(y.add(at), acc);
+                }
+            }
+            j += W;
+        }
+        while j < vec_end {
+            // SAFETY: j + 16 <= width.
+            unsafe {
+                let acc =
+                    _mm512_fmadd_ps(av, _mm512_loadu_ps(row.add(j)), _mm512_loadu_ps(y.add(j)));
+                _mm512_storeu_ps(y.add(j), acc);
+            }
+            j += 16;
+        }
+        if tail != 0 {
+            // SAFETY: the masked lanes j..width are inside row p and C's columns; the
+            // masked-off lanes are neither read nor written (no fault either).
+            unsafe {
+                let acc = _mm512_fmadd_ps(
+                    av,
+                    _mm512_maskz_loadu_ps(tail, row.add(j)),
+                    _mm512_maskz_loadu_ps(tail, y.add(j)),
+                );
+                _mm512_mask_storeu_ps(y.add(j), tail, acc);
+            }
+        }
+    }
+}
+
+/// `avx512_gemv_kn_f32` with KB rows of B per sweep, each prefetched AHEAD floats ahead.
+///
+/// # Safety
+/// As `avx512_gemv_kn_f32`.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn kn_f32<const KB: usize, const AHEAD: usize>(args: &StreamArgs, n0: usize, n1: usize) {
     let StreamArgs {
         m,
         k,
@@ -69,9 +171,6 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
     } = *args;
     let b = args.b.cast::<f32>();
     const W: usize = 32;
-    const KB: usize = KN_ROWS;
-    /// Floats ahead of each row stream that the loop prefetches (512 bytes).
-    const KN_AHEAD: usize = 128;
     let full_end = n0 + (n1 - n0) / W * W;
     for r in 0..m {
         // SAFETY: row r, columns n0..n1 of C are writable.
@@ -103,13 +202,13 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize) {
                 };
             }
             // The KB row streams (each read 128 bytes at a time) run ahead of the hardware
-            // prefetcher: fetch both lines of each row KN_AHEAD floats on. (With four rows
+            // prefetcher: fetch both lines of each row AHEAD floats on. (With four rows
             // 1 KiB ahead, against none; Zen 5, one thread, B in L3, alternating in one
             // process: 1x768x3072 47-48 vs 39-40 GFLOP/s, 1x576x1536 48-50 vs 39-40; two
             // threads 88 vs 72 and 76 vs 63.)
             for row in rows {
-                line_at(row.wrapping_add(j + KN_AHEAD).cast());
-                line_at(row.wrapping_add(j + KN_AHEAD + 16).cast());
+                line_at(row.wrapping_add(j + AHEAD).cast());
+                line_at(row.wrapping_add(j + AHEAD + 16).cast());
             }
             if m == 1 {
                 // Decode: the KB coefficients stay in registers for the whole sweep.
@@ -504,5 +603,71 @@ unsafe fn nk_rows<const M: usize, const J: usize>(
             }
         }
         j += jn;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::dispatch::Isa;
+    use crate::kernels::testing::uniform;
+
+    /// Both ways of streaming a row-major B give C[:, n0..n1] = A · B[:, n0..n1] within
+    /// f32 rounding, on column ranges that start anywhere and end in every kind of tail
+    /// (whole 64-float steps, 16-float vectors, a masked remainder), and leave the
+    /// columns outside the range alone.
+    #[test]
+    fn row_major_streams_match_the_reference() {
+        if !Isa::Avx512.is_supported() {
+            return;
+        }
+        for &(m, k, n0, n1, ldb) in &[
+            (1, 1, 0, 1, 1),
+            (1, 7, 0, 200, 200),
+            (1, 33, 3, 180, 211),
+            (1, 300, 17, 131, 131),
+            (1, 65, 0, 64, 80),
+            (1, 9, 5, 101, 101),
+            (3, 19, 1, 76, 77),
+            (8, 40, 0, 150, 150),
+        ] {
+            let a = uniform(m * k, 1, -1.0, 1.0);
+            let b = uniform(k * ldb, 2, -1.0, 1.0);
+            for streams in [KnStreams::Memory, KnStreams::Cached] {
+                let mut c = vec![f32::NAN; m * ldb];
+                let args = StreamArgs {
+                    m,
+                    k,
+                    a: a.as_ptr(),
+                    b: b.as_ptr().cast(),
+                    ldb,
+                    c: c.as_mut_ptr(),
+                    ldc: ldb,
+                };
+                // SAFETY: AVX-512 is present (checked above); A holds m*k floats, B k rows
+                // of ldb >= n1 floats, C m rows of ldb floats, all owned here.
+                unsafe { avx512_gemv_kn_f32(&args, n0, n1, streams) };
+                for i in 0..m {
+                    for j in 0..ldb {
+                        let got = c[i * ldb + j];
+                        if !(n0..n1).contains(&j) {
+                            assert!(got.is_nan(), "{streams:?} wrote outside its columns at {j}");
+                            continue;
+                        }
+                        let (mut want, mut scale) = (0f64, 0f64);
+                        for p in 0..k {
+                            let t = a[i * k + p] as f64 * b[p * ldb + j] as f64;
+                            want += t;
+                            scale += t.abs();
+                        }
+                        let tol = 1e-6 + 2.0 * f32::EPSILON as f64 * (k as f64).sqrt() * scale;
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "{streams:?} {m}x{k}x[{n0}..{n1}] at ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
