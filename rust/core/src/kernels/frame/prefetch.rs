@@ -1,36 +1,81 @@
-//! Software prefetch of the next packed B panel, spread over the micro-kernel
-//! calls of the current one: the panel (KC × NR, 32 KiB) otherwise arrives from
-//! L3 only when the first micro-kernel of the next column panel stalls on it.
+//! Software prefetch of the next packed B panel (or, while the first row block packs B
+//! panel by panel, of the rows of B the next panel is packed from), spread over the
+//! micro-kernel calls of the current one: the panel (KC × NR, 32 KiB) otherwise arrives
+//! from L3 only when the first micro-kernel of the next column panel stalls on it.
 
 /// A range of cache lines for one micro-kernel call to prefetch, one per k-step (a no-op
-/// off x86, where no prefetch instruction is issued).
+/// off x86, where no prefetch instruction is issued). The lines are contiguous, or rows of
+/// a strided region: `2^shift` lines per row, rows `stride` bytes apart.
 #[derive(Copy, Clone, Debug)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Prefetch {
     start: *const u8,
     lines: usize,
+    /// Line index `first` of the region (lines counted row by row).
+    first: usize,
+    stride: usize,
+    shift: u32,
 }
 
 impl Prefetch {
     pub const NONE: Prefetch = Prefetch {
         start: std::ptr::null(),
         lines: 0,
+        first: 0,
+        stride: 64,
+        shift: 0,
     };
 
     /// Lines `[first, first + lines)` of the region at `base` (cache lines of 64 bytes).
     pub fn new(base: *const u8, first: usize, lines: usize) -> Prefetch {
         Prefetch {
-            start: base.wrapping_add(first * 64),
+            start: base,
             lines,
+            first,
+            stride: 64,
+            shift: 0,
+        }
+    }
+
+    /// Lines `[first, first + lines)` of a strided region at `base`: rows of
+    /// `row_bytes` bytes (rounded up to a power of two of lines), `stride` bytes apart.
+    pub fn rows(
+        base: *const u8,
+        row_bytes: usize,
+        stride: usize,
+        first: usize,
+        lines: usize,
+    ) -> Prefetch {
+        Prefetch {
+            start: base,
+            lines,
+            first,
+            stride,
+            shift: row_bytes
+                .div_ceil(64)
+                .max(1)
+                .next_power_of_two()
+                .trailing_zeros(),
         }
     }
 
     /// Prefetches line `step` of the range (nothing past its end).
     #[inline(always)]
     pub fn line(&self, step: usize) {
-        if step < self.lines {
-            line_at(self.start.wrapping_add(step * 64));
+        if let Some(at) = self.address(step) {
+            line_at(at);
         }
+    }
+
+    /// Where line `step` of the range lies (None past its end).
+    #[inline(always)]
+    fn address(&self, step: usize) -> Option<*const u8> {
+        (step < self.lines).then(|| {
+            let l = self.first + step;
+            let row = (l >> self.shift).wrapping_mul(self.stride);
+            let col = (l & ((1 << self.shift) - 1)) * 64;
+            self.start.wrapping_add(row.wrapping_add(col))
+        })
     }
 }
 
@@ -95,4 +140,38 @@ pub fn line_at(at: *const u8) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_address_contiguous_lines_or_strided_rows() {
+        let base = 4096 as *const u8;
+        let at = |p: &Prefetch, step| p.address(step).map(|a| a as usize - 4096);
+        let contiguous = Prefetch::new(base, 3, 2);
+        assert_eq!(
+            (0..3).map(|s| at(&contiguous, s)).collect::<Vec<_>>(),
+            [Some(192), Some(256), None]
+        );
+        // Rows of 128 bytes (two lines) 12 KiB apart, from line 3 (row 1, second line).
+        let rows = Prefetch::rows(base, 128, 12288, 3, 4);
+        assert_eq!(
+            (0..5).map(|s| at(&rows, s)).collect::<Vec<_>>(),
+            [
+                Some(12288 + 64),
+                Some(24576),
+                Some(24576 + 64),
+                Some(36864),
+                None
+            ]
+        );
+        // Rows of 64 bytes (bf16 panels) and of 32 (one line each).
+        let one = Prefetch::rows(base, 64, 1000, 0, 2);
+        assert_eq!((at(&one, 0), at(&one, 1)), (Some(0), Some(1000)));
+        let half = Prefetch::rows(base, 32, 500, 1, 1);
+        assert_eq!(at(&half, 0), Some(500));
+        assert_eq!(at(&Prefetch::NONE, 0), None);
+    }
 }
