@@ -257,6 +257,26 @@ def test_prepacked_bf16_gemm_on_every_tier(isa, m, k):
     assert np.all(np.abs(got - ref) <= tol)
 
 
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("m", [24, 300])
+def test_prepacked_bf16_split_across_threads_equals_one_thread(isa, threads, m):
+    """Pre-packed bf16 weights with many rows: the threads split the rows (each converts
+    only its rows of A to bf16 pairs), with few rows the columns; either way every
+    element is the same sum in the same order as on one thread, so results are identical."""
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, 257), dtype=np.float32)
+    packed = rt.prepack(rt.tensor(rng.standard_normal((100, 257), dtype=np.float32).astype(ml_dtypes.bfloat16)))
+    before = rt.num_threads()
+    try:
+        rt.set_num_threads(1)
+        alone = rt.linear(x, packed).numpy()
+        rt.set_num_threads(threads)
+        split = rt.linear(x, packed).numpy()
+    finally:
+        rt.set_num_threads(before)
+    assert np.array_equal(alone, split)
+
+
 @pytest.mark.parametrize("n", [192, 576, 607])
 @pytest.mark.parametrize("m", [1, 5])
 def test_prepacked_small_m_split_across_threads(isa, m, n):
