@@ -267,9 +267,29 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
 pub fn pack_a_bf16_pairs(a: MatRef<f32>, mr: usize, out: &mut [u32]) {
     let (mc, kc) = (a.rows, a.cols);
     let kp = kc.div_ceil(2);
+    #[cfg(target_arch = "x86_64")]
+    let simd = mr == 12 && a.cs == 1 && crate::kernels::dispatch::cpu().avx512_bf16;
     for (panel, chunk) in out.chunks_mut(mr * kp).enumerate().take(mc.div_ceil(mr)) {
         let row0 = panel * mr;
         let rows = mr.min(mc - row0);
+        #[cfg(target_arch = "x86_64")]
+        if simd && chunk.len() >= kp * 12 {
+            let ptrs: [*const f32; 12] = std::array::from_fn(|i| {
+                a.ptr
+                    .wrapping_offset((row0 + i.min(rows - 1)) as isize * a.rs)
+            });
+            // SAFETY: AVX-512F + AVX512_BF16 confirmed above; rows row0..row0+rows are
+            // readable for kc floats (cs == 1); the chunk holds kp*12 u32.
+            unsafe {
+                crate::kernels::x86_64::avx512_pack_f32::avx512_pack_a_bf16_pairs_12(
+                    &ptrs,
+                    rows,
+                    kc,
+                    chunk.as_mut_ptr(),
+                )
+            };
+            continue;
+        }
         chunk.fill(0);
         for i in 0..rows {
             if a.cs == 1 {
@@ -369,6 +389,79 @@ mod tests {
                 assert!(bf16::from_bits(got).is_nan());
             } else {
                 assert_eq!(got, want.to_bits(), "{v:e}");
+            }
+        }
+    }
+
+    /// The bf16 A panels, SIMD (where the CPU has AVX512_BF16) or portable, hold each
+    /// row's k-pairs rounded to nearest even, pair-major, padded with zero rows and a zero
+    /// high half for an odd depth; NaN stays NaN, infinities and signs stay. Denormal
+    /// inputs may come out as zeros of the same sign (what `vcvtne2ps2bf16` does; the bf16
+    /// kernel reads bf16 denormals as zeros anyway).
+    #[test]
+    fn bf16_pair_panels_hold_each_rows_rounded_pairs() {
+        let mut x = 7u32;
+        let mut next = || {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            x
+        };
+        for &(mc, kc) in &[
+            (1, 1),
+            (12, 2),
+            (5, 31),
+            (12, 32),
+            (13, 33),
+            (24, 65),
+            (7, 100),
+            (30, 257),
+        ] {
+            let a: Vec<f32> = (0..mc * kc)
+                .map(|_| match next() % 16 {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => -f32::INFINITY,
+                    3 => -0.0,
+                    4 => f32::from_bits(next() & 0x807F_FFFF), // denormal
+                    // A tie: the low half exactly 0x8000.
+                    5 => f32::from_bits((next() & 0xFFFF_0000) | 0x8000),
+                    _ => f32::from_bits(next()),
+                })
+                .collect();
+            let view = MatRef {
+                ptr: a.as_ptr(),
+                rows: mc,
+                cols: kc,
+                rs: kc as isize,
+                cs: 1,
+            };
+            let kp = kc.div_ceil(2);
+            let mut out = vec![0xDEAD_BEEFu32; mc.div_ceil(12) * 12 * kp];
+            pack_a_bf16_pairs(view, 12, &mut out);
+            let half = |bits: u32| (bits & 0xFFFF) as u16;
+            for panel in 0..mc.div_ceil(12) {
+                for q in 0..kp {
+                    for i in 0..12 {
+                        let got = out[panel * 12 * kp + q * 12 + i];
+                        let row = panel * 12 + i;
+                        for (h, bits) in [half(got), half(got >> 16)].into_iter().enumerate() {
+                            let p = 2 * q + h;
+                            if row >= mc || p >= kc {
+                                assert_eq!(bits, 0, "padding at row {row}, k {p}");
+                                continue;
+                            }
+                            let v = a[row * kc + p];
+                            let want = f32_to_bf16_bits(v);
+                            if v.is_nan() {
+                                assert!(bf16::from_bits(bits).is_nan(), "{mc}x{kc} ({row},{p})");
+                            } else if v != 0.0 && v.abs() < f32::MIN_POSITIVE {
+                                let zero = if v < 0.0 { 0x8000 } else { 0 };
+                                assert!(bits == want || bits == zero, "denormal {v:e}: {bits:#x}");
+                            } else {
+                                assert_eq!(bits, want, "{mc}x{kc} ({row},{p}) {v:e}");
+                            }
+                        }
+                    }
+                }
             }
         }
     }
