@@ -86,6 +86,16 @@ impl WeightElement for f16 {
     }
 }
 
+/// Pointers to rows row0.. of `a` for a 12-row SIMD panel packer (the rows past `rows`
+/// repeat the last one; the packers read only the first `rows`).
+#[cfg(target_arch = "x86_64")]
+fn twelve_rows(a: MatRef<f32>, row0: usize, rows: usize) -> [*const f32; 12] {
+    std::array::from_fn(|i| {
+        a.ptr
+            .wrapping_offset((row0 + i.min(rows - 1)) as isize * a.rs)
+    })
+}
+
 /// Packs `a` (mc × kc) into panels of `mr` rows: panel r holds rows r*mr.., laid
 /// out k-major (`out[p*mr + i]`). `out` must hold ceil(mc/mr)*mr*kc values.
 pub fn pack_a(a: MatRef<f32>, mr: usize, out: &mut [f32]) {
@@ -97,10 +107,7 @@ pub fn pack_a(a: MatRef<f32>, mr: usize, out: &mut [f32]) {
         let rows = mr.min(mc - row0);
         #[cfg(target_arch = "x86_64")]
         if simd && chunk.len() >= kc * 12 {
-            let ptrs: [*const f32; 12] = std::array::from_fn(|i| {
-                a.ptr
-                    .wrapping_offset((row0 + i.min(rows - 1)) as isize * a.rs)
-            });
+            let ptrs = twelve_rows(a, row0, rows);
             // SAFETY: AVX-512 confirmed above; rows row0..row0+rows are readable for kc
             // floats (cs == 1); the chunk holds kc*12 floats.
             unsafe {
@@ -274,10 +281,7 @@ pub fn pack_a_bf16_pairs(a: MatRef<f32>, mr: usize, out: &mut [u32]) {
         let rows = mr.min(mc - row0);
         #[cfg(target_arch = "x86_64")]
         if simd && chunk.len() >= kp * 12 {
-            let ptrs: [*const f32; 12] = std::array::from_fn(|i| {
-                a.ptr
-                    .wrapping_offset((row0 + i.min(rows - 1)) as isize * a.rs)
-            });
+            let ptrs = twelve_rows(a, row0, rows);
             // SAFETY: AVX-512F + AVX512_BF16 confirmed above; rows row0..row0+rows are
             // readable for kc floats (cs == 1); the chunk holds kp*12 u32.
             unsafe {

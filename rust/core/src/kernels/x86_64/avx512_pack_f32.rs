@@ -33,6 +33,21 @@ fn transpose16(r: &mut [__m512; 16]) {
     }
 }
 
+/// Transposes the 16 × 16 block `r` (rows of A, 16 k-steps each) and writes its first 12
+/// lanes per k-step: `out[j*12 + i] = r[i][j]` for j < 16, i < 12.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `out` is writable for 16 * 12 floats.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_transposed_12(r: &mut [__m512; 16], out: *mut f32) {
+    transpose16(r);
+    for (j, col) in r.iter().enumerate() {
+        // SAFETY: out is writable for 16*12 floats; this writes floats j*12 .. j*12+12.
+        unsafe { _mm512_mask_storeu_ps(out.add(j * 12), 0x0FFF, *col) };
+    }
+}
+
 /// `out[p*12 + i] = rows[i][p]` for p < kc, i < 12 (rows past `nrows` are zero).
 ///
 /// # Safety
@@ -53,11 +68,8 @@ pub unsafe fn avx512_pack_a_f32_12(
             // SAFETY: row i is readable for kc floats and p + 16 <= kc.
             r[i] = unsafe { _mm512_loadu_ps(row.add(p)) };
         }
-        transpose16(&mut r);
-        for (j, col) in r.iter().enumerate() {
-            // SAFETY: out holds kc*12 floats; this writes floats (p+j)*12 .. +12.
-            unsafe { _mm512_mask_storeu_ps(out.add((p + j) * MR), 0x0FFF, *col) };
-        }
+        // SAFETY: out holds kc*12 floats and p + 16 <= kc.
+        unsafe { store_transposed_12(&mut r, out.add(p * MR)) };
         p += 16;
     }
     for p in p..kc {
@@ -104,17 +116,8 @@ pub unsafe fn avx512_pack_a_bf16_pairs_12(
             // 32 bf16 in k order (the second operand gives the low 16): pairs as u32.
             r[i] = _mm512_castsi512_ps(bf16_bits(_mm512_cvtne2ps_pbh(hi, lo)));
         }
-        transpose16(&mut r);
-        for (j, col) in r.iter().enumerate() {
-            // SAFETY: out holds kp*12 u32; this writes u32 (q+j)*12 .. +12.
-            unsafe {
-                _mm512_mask_storeu_epi32(
-                    out.add((q + j) * MR).cast(),
-                    0x0FFF,
-                    _mm512_castps_si512(*col),
-                )
-            };
-        }
+        // SAFETY: out holds kp*12 u32 (4 bytes, as f32) and q + 16 <= kp.
+        unsafe { store_transposed_12(&mut r, out.add(q * MR).cast()) };
         q += 16;
     }
     for q in q..kp {
