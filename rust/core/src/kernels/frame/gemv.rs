@@ -32,7 +32,8 @@ struct Job<'a> {
     /// Stream pre-packed weights with a non-temporal hint (`gemm::weights_outgrow_cache`).
     once: bool,
     /// One row of A over a row-major f32 B that fits in half the last-level cache (so it
-    /// stays there between calls): the AVX-512 kernel reads it as two streams, not eight.
+    /// stays there between calls): the AVX-512 and AVX2 kernels read it in storage order
+    /// (`KnStreams::Cached`, `avx2_gemv_kn_f32_one_row`), not as eight row streams.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     kn_cached: bool,
 }
@@ -305,6 +306,17 @@ fn run(isa: Isa, job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) {
     if isa == Isa::Avx512 && run_avx512_kernel(job, form, j0, j1) {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx2, Form::KnF32(b), true) = (isa, form, job.kn_cached) {
+        if b.rs > 0 {
+            let args = kn_args(job, b, 0, job.k, job.out.base(), job.out.ldc);
+            // SAFETY: Avx2 is only current after dispatch confirmed AVX2 + FMA; kn_cached
+            // implies one row; B's rows, columns j0..j1, are inside the view; this task
+            // owns C[0, j0..j1].
+            unsafe { crate::kernels::x86_64::avx2_gemv::avx2_gemv_kn_f32_one_row(&args, j0, j1) };
+            return;
+        }
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512 is only current after dispatch confirmed AVX-512 (F16C comes with it).
@@ -380,6 +392,28 @@ fn run_avx512_kernel(job: &Job<'_>, form: Form<'_>, j0: usize, j1: usize) -> boo
     true
 }
 
+/// The row-major kernels' arguments for rows p0..p0+rows of B (all of A's rows, from
+/// column p0) into C at `c` (row stride `ldc`).
+#[cfg(target_arch = "x86_64")]
+fn kn_args(
+    job: &Job<'_>,
+    b: MatRef<f32>,
+    p0: usize,
+    rows: usize,
+    c: *mut f32,
+    ldc: usize,
+) -> crate::kernels::x86_64::avx512_gemv::StreamArgs {
+    crate::kernels::x86_64::avx512_gemv::StreamArgs {
+        m: job.m,
+        k: rows,
+        a: job.a[p0..].as_ptr(),
+        b: b.ptr.wrapping_offset(p0 as isize * b.rs).cast(),
+        ldb: b.rs as usize,
+        c,
+        ldc,
+    }
+}
+
 /// How the AVX-512 kernel streams a row-major f32 B for this job.
 #[cfg(target_arch = "x86_64")]
 fn kn_streams(job: &Job<'_>) -> crate::kernels::x86_64::avx512_gemv::KnStreams {
@@ -397,9 +431,9 @@ fn kn_streams(job: &Job<'_>) -> crate::kernels::x86_64::avx512_gemv::KnStreams {
 /// each half of every row. Zen 5, 2 threads, alternating runs, median of 5 placements of B:
 /// 1x768x3072 90.7 vs 87.5 GFLOP/s, 1x576x1536 84.1 vs 76.9.)
 #[cfg(target_arch = "x86_64")]
-fn k_split_kn_f32(job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
+fn k_split_kn_f32(isa: Isa, job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
     use crate::kernels::frame::threads::SendPtr;
-    use crate::kernels::x86_64::avx512_gemv::{avx512_gemv_kn_f32, StreamArgs, KN_ROWS};
+    use crate::kernels::x86_64::avx512_gemv::{avx512_gemv_kn_f32, KN_ROWS};
     let streams = kn_streams(job);
     let part = job.k.div_ceil(threads).next_multiple_of(KN_ROWS);
     let parts = job.k.div_ceil(part);
@@ -413,19 +447,17 @@ fn k_split_kn_f32(job: &Job<'_>, b: MatRef<f32>, n: usize, threads: usize) {
         } else {
             partial_rows.get().wrapping_add((t - 1) * n)
         };
-        let args = StreamArgs {
-            m: 1,
-            k: rows,
-            a: job.a[p0..].as_ptr(),
-            b: b.sub(p0, 0, rows, n).ptr.cast(),
-            ldb: b.rs as usize,
-            c,
-            ldc: n,
+        let args = kn_args(job, b, p0, rows, c, n);
+        // SAFETY: the ISA is current (the caller's check; the AVX2 kernel only for a
+        // cached B); rows p0..p0+rows of B, all n columns, are inside the view; A's row
+        // holds k floats from p0; C (task 0) or partial row t-1 is written by this task only.
+        unsafe {
+            if isa == Isa::Avx512 {
+                avx512_gemv_kn_f32(&args, 0, n, streams)
+            } else {
+                crate::kernels::x86_64::avx2_gemv::avx2_gemv_kn_f32_one_row(&args, 0, n)
+            }
         };
-        // SAFETY: Avx512 is current (the caller's check); rows p0..p0+rows of B, all n
-        // columns, are inside the view; A's row holds k floats from p0; C (task 0) or
-        // partial row t-1 is written by this task only.
-        unsafe { avx512_gemv_kn_f32(&args, 0, n, streams) };
     });
     // SAFETY: C's row 0 holds n floats, owned by this call.
     let c = unsafe { std::slice::from_raw_parts_mut(job.out.base(), n) };
@@ -532,9 +564,10 @@ pub(crate) fn gemv_with(
     };
     // One row of A over a row-major B (numpy's `x @ W`): the threads split B's rows.
     #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx512, Form::KnF32(b), 1) = (isa, form, m) {
-        if threads > 1 && b.rs > 0 && k >= 64 * threads {
-            k_split_kn_f32(&job, b, n, threads);
+    if let (Isa::Avx512 | Isa::Avx2, Form::KnF32(b), 1) = (isa, form, m) {
+        let kernel = isa == Isa::Avx512 || job.kn_cached;
+        if kernel && threads > 1 && b.rs > 0 && k >= 64 * threads {
+            k_split_kn_f32(isa, &job, b, n, threads);
             if !epi.is_identity() {
                 // SAFETY: row 0, columns 0..n of C, written above and owned by this call.
                 unsafe { apply_tile(job.out.ptr, ldc, 0, 1, 0, n, epi) };

@@ -610,7 +610,7 @@ unsafe fn nk_rows<const M: usize, const J: usize>(
 mod tests {
     use super::*;
     use crate::kernels::dispatch::Isa;
-    use crate::kernels::testing::uniform;
+    use crate::kernels::testing::check_row_major_kernel;
 
     /// Both ways of streaming a row-major B give C[:, n0..n1] = A · B[:, n0..n1] within
     /// f32 rounding, on column ranges that start anywhere and end in every kind of tail
@@ -621,7 +621,7 @@ mod tests {
         if !Isa::Avx512.is_supported() {
             return;
         }
-        for &(m, k, n0, n1, ldb) in &[
+        for shape in [
             (1, 1, 0, 1, 1),
             (1, 7, 0, 200, 200),
             (1, 33, 3, 180, 211),
@@ -631,42 +631,12 @@ mod tests {
             (3, 19, 1, 76, 77),
             (8, 40, 0, 150, 150),
         ] {
-            let a = uniform(m * k, 1, -1.0, 1.0);
-            let b = uniform(k * ldb, 2, -1.0, 1.0);
             for streams in [KnStreams::Memory, KnStreams::Cached] {
-                let mut c = vec![f32::NAN; m * ldb];
-                let args = StreamArgs {
-                    m,
-                    k,
-                    a: a.as_ptr(),
-                    b: b.as_ptr().cast(),
-                    ldb,
-                    c: c.as_mut_ptr(),
-                    ldc: ldb,
-                };
-                // SAFETY: AVX-512 is present (checked above); A holds m*k floats, B k rows
-                // of ldb >= n1 floats, C m rows of ldb floats, all owned here.
-                unsafe { avx512_gemv_kn_f32(&args, n0, n1, streams) };
-                for i in 0..m {
-                    for j in 0..ldb {
-                        let got = c[i * ldb + j];
-                        if !(n0..n1).contains(&j) {
-                            assert!(got.is_nan(), "{streams:?} wrote outside its columns at {j}");
-                            continue;
-                        }
-                        let (mut want, mut scale) = (0f64, 0f64);
-                        for p in 0..k {
-                            let t = a[i * k + p] as f64 * b[p * ldb + j] as f64;
-                            want += t;
-                            scale += t.abs();
-                        }
-                        let tol = 1e-6 + 2.0 * f32::EPSILON as f64 * (k as f64).sqrt() * scale;
-                        assert!(
-                            (got as f64 - want).abs() <= tol,
-                            "{streams:?} {m}x{k}x[{n0}..{n1}] at ({i},{j}): {got} vs {want}"
-                        );
-                    }
-                }
+                check_row_major_kernel(shape, &format!("{streams:?}"), |args, n0, n1| {
+                    // SAFETY: AVX-512 is present (checked above); the helper's buffers hold
+                    // A (m*k), B (k rows of ldb >= n1) and C (m rows of ldb), all its own.
+                    unsafe { avx512_gemv_kn_f32(args, n0, n1, streams) }
+                });
             }
         }
     }

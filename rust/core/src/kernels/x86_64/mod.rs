@@ -4,6 +4,7 @@
 
 pub mod avx2_attention_f32;
 pub mod avx2_elementwise;
+pub mod avx2_gemv;
 pub mod avx2_mmm_f32_6x16;
 pub mod avx2_norm;
 pub mod avx2_reduce;
