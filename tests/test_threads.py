@@ -8,13 +8,17 @@ import rtserve as rt
 from conftest import run_in_threads
 
 
+def _case(seed: int, m: int, k: int, n: int, rows: int, cols: int):
+    """Random matmul (m×k @ k×n) and softmax (rows×cols) inputs, with their results now."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    x = rng.standard_normal((rows, cols), dtype=np.float32)
+    return a, b, x, rt.matmul(a, b).numpy().copy(), rt.softmax(x).numpy().copy()
+
+
 def test_concurrent_callers_get_the_serial_results():
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((200, 300), dtype=np.float32)
-    b = rng.standard_normal((300, 500), dtype=np.float32)
-    x = rng.standard_normal((64, 1000), dtype=np.float32)
-    expected_mm = rt.matmul(a, b).numpy().copy()
-    expected_sm = rt.softmax(x).numpy().copy()
+    a, b, x, expected_mm, expected_sm = _case(0, 200, 300, 500, 64, 1000)
 
     def worker(seed: int) -> list[str]:
         errors = []
@@ -46,12 +50,7 @@ def test_threads_with_pools_of_their_own_get_the_serial_results():
     # Each thread runs its kernels on a pool of its own (the server's model instances): on
     # itself alone, or with helpers; the results are those of the shared pool, and the
     # shared pool's size is untouched.
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((130, 257), dtype=np.float32)
-    b = rng.standard_normal((257, 333), dtype=np.float32)
-    x = rng.standard_normal((65, 999), dtype=np.float32)
-    expected_mm = rt.matmul(a, b).numpy().copy()
-    expected_sm = rt.softmax(x).numpy().copy()
+    a, b, x, expected_mm, expected_sm = _case(1, 130, 257, 333, 65, 999)
     shared = rt.num_threads()
 
     def worker(i: int) -> list[str]:

@@ -729,11 +729,16 @@ fn pair_rows_of(l: LazyPack<'_>, panel: usize, nr: usize) -> Option<*const u8> {
 }
 
 /// Where the rows of B that panel `panel` of a lazily packed block reads begin, how many
-/// bytes of each it reads and how far apart they lie, for B in rows (f32, bf16 or f16
-/// with unit column stride): the next panel's source, prefetched while the micro-kernels
-/// work on the current one, so that packing it reads from cache. (Packing a panel reads
-/// kc rows of 128 bytes with B's row stride between them: 9% of a 512x768x3072 GEMM.)
+/// bytes of each it reads and how far apart they lie: the next panel's source, prefetched
+/// while the micro-kernels work on the current one, so that packing it reads from cache.
+/// For B in rows (f32, bf16 or f16 with unit column stride), kc rows of the panel's width
+/// with B's row stride between them (packing a panel from those was 9% of a 512x768x3072
+/// GEMM); for bf16 pair panels being widened, the pair panel's rows where the panel starts
+/// a new one (contiguous: rows of 64 bytes, 64 apart; see [`pair_rows_of`]).
 fn source_rows_of(l: LazyPack<'_>, panel: usize, nr: usize) -> Option<(*const u8, usize, usize)> {
+    if let BSource::Pairs(_) = l.b {
+        return pair_rows_of(l, panel, nr).map(|at| (at, 64, 64));
+    }
     let (jc, pc, _, nc) = l.block;
     if (panel + 1) * nr > nc {
         return None;
@@ -834,15 +839,16 @@ fn macro_kernel(
                 for (ir, i0) in (0..mcur).step_by(mr).enumerate() {
                     let mcur_r = mr.min(mcur - i0);
                     // Pull the next panel of this task towards L1 while this one is in use;
-                    // when the next panel is still to be widened from a new bf16 pair panel,
-                    // pull that pair panel's rows instead (kc × 64 bytes).
+                    // while the first row block packs the panels, pull the rows of B the next
+                    // one is packed (or widened) from instead (`source_rows_of`).
                     let prefetch = if panel + 1 < panels.1 && blk.in_place.is_none() {
-                        let first_block = blk.lazy.filter(|_| ic == rows.0);
-                        if let Some((rows_at, row_bytes, stride)) =
-                            first_block.and_then(|l| source_rows_of(l, panel + 1, nr))
-                        {
-                            // The next panel is still to be packed from B's rows: pull
-                            // those (kc rows of row_bytes, stride apart) instead.
+                        let source = blk
+                            .lazy
+                            .filter(|_| ic == rows.0)
+                            .and_then(|l| source_rows_of(l, panel + 1, nr));
+                        if let Some((rows_at, row_bytes, stride)) = source {
+                            // The next panel is still to be packed (or widened) from B's
+                            // rows: pull those (kc rows of row_bytes, stride apart) instead.
                             let lines = kc * row_bytes.div_ceil(64).next_power_of_two();
                             let per_call = lines.div_ceil(n_ir);
                             let first = ir * per_call;
@@ -854,19 +860,10 @@ fn macro_kernel(
                                 per_call.min(lines.saturating_sub(first)),
                             )
                         } else {
-                            let pairs = first_block.and_then(|l| pair_rows_of(l, panel + 1, nr));
-                            let (next, lines, per_call) = match pairs {
-                                Some(rows_at) => (rows_at, kc, kc.div_ceil(n_ir)),
-                                None if kind == KernelKind::Bf16Pairs => (
-                                    blk.bf16.wrapping_add((panel + 1) * panel_len).cast(),
-                                    lines,
-                                    per_call,
-                                ),
-                                None => (
-                                    blk.f32.wrapping_add((panel + 1) * panel_len).cast(),
-                                    lines,
-                                    per_call,
-                                ),
+                            let next = if kind == KernelKind::Bf16Pairs {
+                                blk.bf16.wrapping_add((panel + 1) * panel_len).cast()
+                            } else {
+                                blk.f32.wrapping_add((panel + 1) * panel_len).cast()
                             };
                             Prefetch::new(
                                 next,

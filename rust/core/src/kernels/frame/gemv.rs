@@ -547,7 +547,7 @@ pub(crate) fn gemv_with(
         once: matches!(form, Form::Packed(_)) && weights_outgrow_cache(),
         kn_cached: m == 1
             && matches!(form, Form::KnF32(_))
-            && k * n * 4 <= last_level_cache_bytes() / 2,
+            && k.saturating_mul(n).saturating_mul(4) <= last_level_cache_bytes() / 2,
     };
     // Split columns (or packed panels) across threads in chunks that keep SIMD strips whole.
     let (units, unit_cols) = match form {

@@ -269,6 +269,13 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
     }
 }
 
+/// One k-pair of a row as the bf16 kernel's A panels hold it: `lo` (k even) rounded to
+/// bf16 in the low half, `hi` (k odd; none past an odd depth: zero) in the high half.
+#[inline(always)]
+pub fn bf16_pair_bits(lo: f32, hi: Option<f32>) -> u32 {
+    u32::from(f32_to_bf16_bits(lo)) | u32::from(hi.map_or(0, f32_to_bf16_bits)) << 16
+}
+
 /// Packs `a` (mc × kc) for the bf16 kernel: panels of `mr` rows, each k-pair of
 /// a row as one u32 (`lo` = k even, `hi` = k odd): `out[(p/2)*mr + i]`.
 pub fn pack_a_bf16_pairs(a: MatRef<f32>, mr: usize, out: &mut [u32]) {
@@ -302,21 +309,16 @@ pub fn pack_a_bf16_pairs(a: MatRef<f32>, mr: usize, out: &mut [u32]) {
                     std::slice::from_raw_parts(a.ptr.offset((row0 + i) as isize * a.rs), kc)
                 };
                 for (q, pair) in src.chunks(2).enumerate() {
-                    let lo = f32_to_bf16_bits(pair[0]) as u32;
-                    let hi = pair.get(1).map_or(0, |&v| f32_to_bf16_bits(v) as u32);
-                    chunk[q * mr + i] = lo | hi << 16;
+                    chunk[q * mr + i] = bf16_pair_bits(pair[0], pair.get(1).copied());
                 }
             } else {
                 for q in 0..kp {
                     // SAFETY: (row0+i, 2q) and (row0+i, 2q+1) (when < kc) are inside the view.
-                    let lo = f32_to_bf16_bits(unsafe { a.at(row0 + i, 2 * q) }) as u32;
-                    let hi = if 2 * q + 1 < kc {
-                        // SAFETY: as above.
-                        f32_to_bf16_bits(unsafe { a.at(row0 + i, 2 * q + 1) }) as u32
-                    } else {
-                        0
+                    let (lo, hi) = unsafe {
+                        let hi = (2 * q + 1 < kc).then(|| a.at(row0 + i, 2 * q + 1));
+                        (a.at(row0 + i, 2 * q), hi)
                     };
-                    chunk[q * mr + i] = lo | hi << 16;
+                    chunk[q * mr + i] = bf16_pair_bits(lo, hi);
                 }
             }
         }

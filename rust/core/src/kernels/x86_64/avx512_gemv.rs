@@ -1,9 +1,9 @@
 //! AVX-512 small-M GEMM (M ≤ 8 rows: the memory-bound decode case), one kernel per
 //! layout of B, each reading B exactly once:
-//! - `avx512_gemv_kn_f32`: row-major f32 B (numpy's `x @ W`). A few rows of B are
-//!   consumed per sweep across a column range, accumulating into C (kept in L1/L2), so B
-//!   is read as that many sequential streams ([`KnStreams`]: eight from memory, two
-//!   from the last-level cache).
+//! - `avx512_gemv_kn_f32`: row-major f32 B (numpy's `x @ W`). Rows of B are consumed per
+//!   sweep across a column range, accumulating into C (kept in L1/L2), so B is read as
+//!   that many sequential streams ([`KnStreams`]: eight from memory, one, in storage
+//!   order, for one row of A over a B in the last-level cache).
 //! - `avx512_gemv_packed`: pre-packed f32 or bf16 panels (a model's weights), read in
 //!   storage order with software prefetch ahead of the stream.
 //! - `avx512_gemv_nk`: weights as stored by Hugging Face (N × K, f32 or bf16): dot
@@ -80,9 +80,8 @@ pub unsafe fn avx512_gemv_kn_f32(args: &StreamArgs, n0: usize, n1: usize, stream
     // SAFETY: the caller's contract, passed on.
     unsafe {
         match streams {
-            KnStreams::Memory => kn_f32::<KN_ROWS, 128>(args, n0, n1),
             KnStreams::Cached if args.m == 1 => kn_f32_one_row(args, n0, n1),
-            KnStreams::Cached => kn_f32::<KN_ROWS, 128>(args, n0, n1),
+            _ => kn_f32_rows(args, n0, n1),
         }
     }
 }
@@ -154,12 +153,12 @@ unsafe fn kn_f32_one_row(args: &StreamArgs, n0: usize, n1: usize) {
     }
 }
 
-/// `avx512_gemv_kn_f32` with KB rows of B per sweep, each prefetched AHEAD floats ahead.
+/// `avx512_gemv_kn_f32` with [`KN_ROWS`] rows of B per sweep ([`KnStreams::Memory`]).
 ///
 /// # Safety
 /// As `avx512_gemv_kn_f32`.
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn kn_f32<const KB: usize, const AHEAD: usize>(args: &StreamArgs, n0: usize, n1: usize) {
+unsafe fn kn_f32_rows(args: &StreamArgs, n0: usize, n1: usize) {
     let StreamArgs {
         m,
         k,
@@ -171,6 +170,9 @@ unsafe fn kn_f32<const KB: usize, const AHEAD: usize>(args: &StreamArgs, n0: usi
     } = *args;
     let b = args.b.cast::<f32>();
     const W: usize = 32;
+    const KB: usize = KN_ROWS;
+    /// Floats ahead of each row stream that the loop prefetches (512 bytes).
+    const AHEAD: usize = 128;
     let full_end = n0 + (n1 - n0) / W * W;
     for r in 0..m {
         // SAFETY: row r, columns n0..n1 of C are writable.

@@ -124,14 +124,13 @@ pub unsafe fn avx512_pack_a_bf16_pairs_12(
         for (i, row) in rows.iter().enumerate() {
             let pair = if i < nrows {
                 // SAFETY: row i (< nrows) is readable at 2q < kc, and at 2q + 1 when < kc.
-                let lo = crate::kernels::frame::pack::f32_to_bf16_bits(unsafe { *row.add(2 * q) });
-                let hi = if 2 * q + 1 < kc {
-                    // SAFETY: as above.
-                    crate::kernels::frame::pack::f32_to_bf16_bits(unsafe { *row.add(2 * q + 1) })
-                } else {
-                    0
+                let (lo, hi) = unsafe {
+                    (
+                        *row.add(2 * q),
+                        (2 * q + 1 < kc).then(|| *row.add(2 * q + 1)),
+                    )
                 };
-                u32::from(lo) | u32::from(hi) << 16
+                crate::kernels::frame::pack::bf16_pair_bits(lo, hi)
             } else {
                 0
             };
